@@ -1,0 +1,32 @@
+# Two commands for a fresh machine: `make run` and `make test` (both create the venv and install first).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+DATA ?= ../shared/data/aclImdb_train.tar.gz
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: run test lint train export bench gpu-check venv clean
+
+venv: $(VENV)/.installed
+$(VENV)/.installed: pyproject.toml
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -e '.[train,dev,parquet]'
+	touch $@
+
+run: venv
+	$(BIN)/sentiment-serve --host $(HOST) --port $(PORT)
+
+lint: venv
+	$(BIN)/ruff check training service tests
+
+test: venv lint
+	$(BIN)/pytest
+
+# Retrain the shipped LSTM end to end (about an hour on 2 CPU cores) and export it to exported/.
+train: venv
+	$(BIN)/sentiment-train --data $(DATA) --out-dir runs/lstm --name imdb-lstm --epochs 8
+	$(BIN)/sentiment-export --run runs/lstm --out exported/imdb-lstm
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Sentiment scoring service: onnxruntime runtime, FastAPI app and batch CLI. Never imports torch."""

@@ -1,0 +1,64 @@
+"""The two configs that define a run: `ModelConfig` (saved with every checkpoint and in the manifest, so the
+network can be rebuilt from it) and `TrainConfig` (everything about how it is trained)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+Cell = Literal["rnn", "lstm", "gru"]
+Pooling = Literal["last", "mean", "max", "meanmax"]
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = 30_000
+    embedding_dim: int = 100
+    cell: Cell = "lstm"
+    hidden_size: int = 128
+    num_layers: int = 1
+    bidirectional: bool = True
+    pooling: Pooling = "meanmax"
+    dropout: float = 0.4  # between layers and before the head
+    embedding_dropout: float = 0.2  # drops whole embedding channels; IMDB overfits fast without it
+    num_labels: int = 2
+
+    @property
+    def directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    @property
+    def feature_size(self) -> int:
+        per_pool = 2 if self.pooling == "meanmax" else 1
+        return self.hidden_size * self.directions * per_pool
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class TrainConfig:
+    data: str = "../shared/data/aclImdb_train.tar.gz"
+    out_dir: str = "runs/default"
+    name: str = "imdb-lstm"
+    seed: int = 13
+    val_fraction: float = 0.1
+    # Tokenizer
+    max_vocab: int = 30_000
+    min_frequency: int = 3
+    max_tokens: int = 400
+    truncation: Literal["head", "tail", "head_tail"] = "head_tail"
+    head_tokens: int = 100  # head_tail keeps the first 100 and the last 300 tokens: verdicts sit at the end
+    # Embeddings: "random", "word2vec" (trained on train + unsup reviews) or a GloVe-format text file path
+    embeddings: str = "word2vec"
+    w2v_epochs: int = 5
+    # Optimisation
+    epochs: int = 6
+    batch_size: int = 64
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    clip_norm: float = 1.0  # 0 disables gradient-norm clipping
+    patience: int = 2
+    max_train_examples: int = 0  # 0 = all; small values make quick experiments and tests
+    time_budget_min: float = 0.0  # 0 = none; stops after the epoch that crosses it (fixed-budget comparisons)
+    model: ModelConfig = field(default_factory=ModelConfig)

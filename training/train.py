@@ -1,0 +1,258 @@
+"""Train loop: grouped split, tokenizer, embeddings, AdamW with gradient-norm clipping, early stopping on
+validation, a checkpoint every epoch (`--resume` continues from it), temperature calibration, metrics as JSON.
+
+    sentiment-train --data ../shared/data/aclImdb_train.tar.gz --out-dir runs/lstm
+    sentiment-train --out-dir runs/lstm --resume        # after a stop: continues at the next epoch
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import math
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from service.tokenization import TextTokenizer
+from training.calibration import expected_calibration_error, fit_temperature
+from training.config import ModelConfig, TrainConfig
+from training.data import DataError, grouped_split, load_labeled, load_unlabeled
+from training.embeddings import load_glove, train_word2vec
+from training.models import RecurrentClassifier
+from training.tokenizer import build_tokenizer
+
+log = logging.getLogger("sentiment.train")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def make_text_tokenizer(tokenizer, cfg: TrainConfig) -> TextTokenizer:
+    return TextTokenizer(tokenizer, max_tokens=cfg.max_tokens, truncation=cfg.truncation, head_tokens=cfg.head_tokens)
+
+
+def prepare(cfg: TrainConfig, out: Path) -> dict:
+    """Data, tokenizer and embeddings: cached in the run folder so a resumed run does not redo them."""
+    cache = out / "prepared.pt"
+    if cache.exists():
+        return torch.load(cache, weights_only=False)
+    examples = load_labeled(cfg.data)
+    if cfg.max_train_examples:
+        random.Random(cfg.seed).shuffle(examples)
+        examples = examples[: cfg.max_train_examples]
+    train, val = grouped_split(examples, cfg.val_fraction, cfg.seed)
+    unsup = load_unlabeled(cfg.data) if cfg.embeddings == "word2vec" and not cfg.max_train_examples else []
+    log.info("examples: %d train, %d validation (grouped by film), %d unlabeled", len(train), len(val), len(unsup))
+    tokenizer = build_tokenizer([e.text for e in train] + unsup, cfg.max_vocab, cfg.min_frequency)
+    text_tok = make_text_tokenizer(tokenizer, cfg)
+    vocab = tokenizer.get_vocab()
+    embeddings, coverage = None, 0.0
+    if cfg.embeddings == "word2vec":
+        sentences = [e.tokens for e in tokenizer.encode_batch([e.text for e in train] + unsup, add_special_tokens=False)]
+        embeddings, coverage = train_word2vec(sentences, vocab, cfg.model.embedding_dim, cfg.w2v_epochs, cfg.seed)
+    elif cfg.embeddings != "random":
+        embeddings, coverage = load_glove(cfg.embeddings, vocab, cfg.model.embedding_dim, cfg.seed)
+    log.info("embeddings: %s (%.1f%% of the vocabulary covered)", cfg.embeddings, 100 * coverage)
+
+    def encode(rows):
+        return [enc.ids for enc in text_tok.encode_batch([e.text for e in rows])], [e.label for e in rows]
+
+    prepared = {
+        "tokenizer_json": tokenizer.to_str(),
+        "train": encode(train),
+        "val": encode(val),
+        "embeddings": None if embeddings is None else torch.from_numpy(embeddings),
+        "embedding_coverage": coverage,
+        "counts": {"train": len(train), "val": len(val), "unlabeled": len(unsup),
+                   "val_films": len({e.group for e in val})},
+    }
+    torch.save(prepared, cache)
+    return prepared
+
+
+def batches(ids: list[np.ndarray], labels: list[int], batch_size: int, seed: int | None):
+    """Length-bucketed batches: shuffled (when seeded) then sorted inside chunks so a batch has similar lengths."""
+    order = list(range(len(ids)))
+    if seed is not None:
+        random.Random(seed).shuffle(order)
+    chunk = batch_size * 50
+    groups = []
+    for start in range(0, len(order), chunk):
+        part = sorted(order[start:start + chunk], key=lambda i: len(ids[i]))
+        groups += [part[i:i + batch_size] for i in range(0, len(part), batch_size)]
+    if seed is not None:
+        random.Random(seed + 1).shuffle(groups)
+    for group in groups:
+        lengths = torch.tensor([max(1, len(ids[i])) for i in group])
+        x = torch.zeros(len(group), int(lengths.max()), dtype=torch.long)
+        for row, i in enumerate(group):
+            x[row, : len(ids[i])] = torch.from_numpy(ids[i])
+        yield x, lengths, torch.tensor([labels[i] for i in group])
+
+
+@torch.no_grad()
+def predict_logits(model: RecurrentClassifier, ids, labels, batch_size: int = 256):
+    model.eval()
+    out, ys = [], []
+    for x, lengths, y in batches(ids, labels, batch_size, seed=None):
+        out.append(model(x, lengths))
+        ys.append(y)
+    return torch.cat(out), torch.cat(ys)
+
+
+def evaluate(model, ids, labels) -> dict:
+    logits, y = predict_logits(model, ids, labels)
+    return {"loss": F.cross_entropy(logits, y).item(), "accuracy": (logits.argmax(1) == y).float().mean().item()}
+
+
+def train(cfg: TrainConfig, resume: bool = False) -> dict:
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out / "checkpoint.pt"
+    if resume and ckpt_path.exists():
+        saved = torch.load(ckpt_path, weights_only=False)
+        cfg = saved["train_config"]
+    seed_everything(cfg.seed)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    prepared = prepare(cfg, out)
+    tokenizer_json = prepared["tokenizer_json"]
+    cfg.model.vocab_size = json.loads(tokenizer_json)["model"]["vocab"].__len__()
+    model = RecurrentClassifier(cfg.model)
+    if prepared["embeddings"] is not None and cfg.embeddings != "random":
+        model.load_embeddings(prepared["embeddings"])
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    state = {"epoch": 0, "best_acc": -1.0, "best_state": None, "history": [], "bad_epochs": 0, "elapsed": 0.0}
+    if resume and ckpt_path.exists():
+        model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["optimizer"])
+        state = saved["state"]
+        torch.set_rng_state(saved["torch_rng"])
+        log.info("resumed after epoch %d", state["epoch"])
+    train_ids, train_y = prepared["train"]
+    val_ids, val_y = prepared["val"]
+    steps = math.ceil(len(train_ids) / cfg.batch_size)
+    while state["epoch"] < cfg.epochs and state["bad_epochs"] < cfg.patience:
+        if cfg.time_budget_min and state["elapsed"] >= cfg.time_budget_min * 60:
+            break
+        epoch = state["epoch"] + 1
+        model.train()
+        start, seen, loss_sum, correct, grad_norms = time.time(), 0, 0.0, 0, []
+        bar = tqdm(batches(train_ids, train_y, cfg.batch_size, cfg.seed + epoch), total=steps,
+                   desc=f"epoch {epoch}", file=sys.stderr, mininterval=5, disable=None)
+        for x, lengths, y in bar:
+            logits = model(x, lengths)
+            loss = F.cross_entropy(logits, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            # Clipping bounds the exploding-gradient steps of long recurrences; the norm is logged either way.
+            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm if cfg.clip_norm > 0 else 1e12)
+            grad_norms.append(float(norm))
+            opt.step()
+            seen += len(y)
+            loss_sum += loss.item() * len(y)
+            correct += (logits.argmax(1) == y).sum().item()
+            bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.4f}", refresh=False)
+        val = evaluate(model, val_ids, val_y)
+        took = time.time() - start
+        state["elapsed"] += took
+        row = {"epoch": epoch, "train_loss": loss_sum / seen, "train_accuracy": correct / seen,
+               "val_loss": val["loss"], "val_accuracy": val["accuracy"], "seconds": round(took, 1),
+               "grad_norm_median": float(np.median(grad_norms)), "grad_norm_max": float(np.max(grad_norms))}
+        state["history"].append(row)
+        log.info("epoch %d: %s", epoch, json.dumps(row))
+        if val["accuracy"] > state["best_acc"]:
+            state["best_acc"], state["bad_epochs"] = val["accuracy"], 0
+            state["best_state"] = {k: v.clone() for k, v in model.state_dict().items()}
+        else:
+            state["bad_epochs"] += 1
+        state["epoch"] = epoch
+        tmp = ckpt_path.with_suffix(".tmp")
+        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "state": state, "train_config": cfg,
+                    "torch_rng": torch.get_rng_state()}, tmp)
+        tmp.replace(ckpt_path)  # atomic: a stop mid-save keeps the previous checkpoint
+    return finish(cfg, model, state, prepared, out)
+
+
+def finish(cfg: TrainConfig, model, state, prepared, out: Path) -> dict:
+    model.load_state_dict(state["best_state"])
+    logits, y = predict_logits(model, *prepared["val"])
+    temperature = fit_temperature(logits, y)
+    probs_raw, probs_cal = logits.softmax(1), (logits / temperature).softmax(1)
+    metrics = {
+        "val_accuracy": (logits.argmax(1) == y).float().mean().item(),
+        "val_nll_before": F.cross_entropy(logits, y).item(),
+        "val_nll_after": F.cross_entropy(logits / temperature, y).item(),
+        "ece_before": expected_calibration_error(probs_raw, y),
+        "ece_after": expected_calibration_error(probs_cal, y),
+        "temperature": temperature,
+        "best_epoch": max(state["history"], key=lambda r: r["val_accuracy"])["epoch"],
+        "epochs_run": state["epoch"],
+        "train_seconds": round(state["elapsed"], 1),
+        "embedding_coverage": prepared["embedding_coverage"],
+        "counts": prepared["counts"],
+        "history": state["history"],
+    }
+    torch.save({"model": state["best_state"], "model_config": cfg.model, "train_config": cfg,
+                "tokenizer_json": prepared["tokenizer_json"], "metrics": metrics}, out / "model.pt")
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    log.info("best validation accuracy %.4f (epoch %d); temperature %.3f; ECE %.4f -> %.4f",
+             metrics["val_accuracy"], metrics["best_epoch"], temperature, metrics["ece_before"], metrics["ece_after"])
+    return metrics
+
+
+def _add_dataclass_args(parser: argparse.ArgumentParser, cls, skip=("model",)) -> None:
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default
+        if isinstance(default, bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
+        else:
+            kind = type(default) if default is not None else str
+            parser.add_argument(flag, type=kind if kind in (int, float) else str, default=None)
+
+
+def parse_config(argv: list[str] | None = None) -> tuple[TrainConfig, bool]:
+    parser = argparse.ArgumentParser(prog="sentiment-train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_dataclass_args(parser, TrainConfig)
+    _add_dataclass_args(parser, ModelConfig, skip=("vocab_size", "num_labels"))
+    parser.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
+    args = vars(parser.parse_args(argv))
+    resume = args.pop("resume")
+    model_fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    model = ModelConfig(**{k: v for k, v in args.items() if k in model_fields and v is not None})
+    if model.cell not in ("rnn", "lstm", "gru") or model.pooling not in ("last", "mean", "max", "meanmax"):
+        parser.error("--cell must be rnn|lstm|gru and --pooling last|mean|max|meanmax")
+    cfg = TrainConfig(model=model, **{k: v for k, v in args.items() if k not in model_fields and v is not None})
+    if cfg.truncation not in ("head", "tail", "head_tail"):
+        parser.error("--truncation must be head|tail|head_tail")
+    return cfg, resume
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    cfg, resume = parse_config(argv)
+    try:
+        train(cfg, resume=resume)
+    except (DataError, OSError, ValueError) as exc:
+        print(f"sentiment-train: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
