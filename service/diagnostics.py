@@ -1,0 +1,115 @@
+"""Turns the diagnostics graph's raw outputs into the per-token report returned with `"diagnostics": true`.
+
+Definitions (also in the README):
+- running_score[t]: P(positive) of the review pooled over its prefix 0..t. For a unidirectional model this is
+  exactly the score the model gives the review cut after token t. For a bidirectional model the backward half of
+  each state has already read the whole review, so it is the score of "the review as read so far by the forward
+  direction, with the backward direction's view of those same tokens". Either way running_score at the last token
+  equals the final score.
+- score_delta[t] = running_score[t] - running_score[t-1] (with 0.5, no evidence, before the first token).
+- delta_norm[t] = ||h_t - h_prev||, h_prev being the state before this token in that direction's reading order
+  (t-1 forward, t+1 backward; zeros at the start).
+- gate_mean: mean activation over units; gate_saturation: share of units < 0.1 or > 0.9.
+Layers are reported column-wise: each list is aligned with `tokens`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+REPORTED_GATES = ("input", "forget", "output", "reset", "update")
+SATURATION_LOW, SATURATION_HIGH = 0.1, 0.9
+TOP_TOKENS = 5
+
+
+def _r(values: np.ndarray, digits: int = 6) -> list:
+    return np.round(values.astype(np.float64), digits).tolist()
+
+
+def _layer_reports(outputs: dict, n: int, gate_names: list[str]) -> list[dict]:
+    reports = []
+    layer = 0
+    while f"hidden_{layer}" in outputs:
+        hidden = outputs[f"hidden_{layer}"][0, :n]  # [n, D, H]
+        gates = outputs.get(f"gates_{layer}")
+        for d in range(hidden.shape[1]):
+            h = hidden[:, d]
+            zeros = np.zeros_like(h[:1])
+            prev = np.concatenate([zeros, h[:-1]]) if d == 0 else np.concatenate([h[1:], zeros])
+            entry = {"layer": layer, "direction": "forward" if d == 0 else "backward",
+                     "hidden_norm": _r(np.linalg.norm(h, axis=1)), "delta_norm": _r(np.linalg.norm(h - prev, axis=1)),
+                     "gate_mean": {}, "gate_saturation": {}}
+            if gates is not None:
+                for gi, name in enumerate(gate_names):
+                    if name in REPORTED_GATES:
+                        g = gates[0, :n, d, gi]  # [n, H]
+                        entry["gate_mean"][name] = _r(g.mean(axis=1))
+                        entry["gate_saturation"][name] = _r(((g < SATURATION_LOW) | (g > SATURATION_HIGH)).mean(axis=1))
+            reports.append(entry)
+        layer += 1
+    return reports
+
+
+def _hidden(outputs: dict, n: int, cap: int) -> dict:
+    """Raw hidden vectors, at most `cap` numbers: when over, keep the units that vary most across the review."""
+    layers, total = [], 0
+    blocks = []
+    layer = 0
+    while f"hidden_{layer}" in outputs:
+        hidden = outputs[f"hidden_{layer}"][0, :n]
+        blocks += [(layer, d, hidden[:, d]) for d in range(hidden.shape[1])]
+        layer += 1
+    per_block = max(1, cap // max(1, n * len(blocks)))
+    for layer, d, h in blocks:
+        units = np.arange(h.shape[1])
+        if h.shape[1] > per_block:
+            units = np.sort(np.argsort(-h.std(axis=0), kind="stable")[:per_block])
+        values = h[:, units]
+        total += values.size
+        layers.append({"layer": layer, "direction": "forward" if d == 0 else "backward", "units": units.tolist(),
+                       "size": int(h.shape[1]), "values": _r(values, 4)})
+    return {"layers": layers, "capped": any(len(x["units"]) < x["size"] for x in layers), "max_values": cap}
+
+
+def build(rt, text: str, enc, outputs: dict, include_hidden: bool, max_hidden_values: int,
+          occlusion: np.ndarray | None) -> dict:
+    n = enc.num_tokens
+    running = outputs["running_positive"][0, :n].astype(np.float64)
+    deltas = running - np.concatenate([[0.5], running[:-1]])
+    unk = rt.tokenizer.unk_id
+    vocab = rt.tokenizer.tokenizer
+    final = float(outputs["probabilities"][0, rt.positive])
+    tokens = []
+    for i, ((start, end), tid) in enumerate(zip(enc.offsets, enc.ids.tolist())):
+        row = {"index": i, "text": text[start:end], "start": start, "end": end, "id": tid,
+               "token": vocab.id_to_token(tid), "unknown": tid == unk,
+               "running_score": round(float(running[i]), 6), "score_delta": round(float(deltas[i]), 6)}
+        if occlusion is not None:
+            # How much the score drops when this token is masked: positive = it pushed towards "positive".
+            row["attribution"] = round(final - float(occlusion[i]), 6)
+        tokens.append(row)
+    gate_names = list(rt.manifest["model"].get("gates", []))
+    layers = _layer_reports(outputs, n, gate_names)
+    order = np.argsort(deltas, kind="stable")
+    pick = lambda idx: [{"index": int(i), "text": tokens[i]["text"], "score_delta": tokens[i]["score_delta"]}  # noqa: E731
+                        for i in idx]
+    summary = {
+        "final_score": round(final, 6),
+        "top_positive": pick([i for i in order[::-1][:TOP_TOKENS] if deltas[i] > 0]),
+        "top_negative": pick([i for i in order[:TOP_TOKENS] if deltas[i] < 0]),
+        "unknown_share": round(float(np.mean(enc.ids == unk)) if n else 0.0, 6),
+        "gate_mean": {}, "gate_saturation": {},
+    }
+    for name in [g for g in gate_names if any(g in entry["gate_mean"] for entry in layers)]:
+        summary["gate_mean"][name] = round(float(np.mean([np.mean(e["gate_mean"][name]) for e in layers])), 6)
+        summary["gate_saturation"][name] = round(
+            float(np.mean([np.mean(e["gate_saturation"][name]) for e in layers])), 6)
+    # The two gates that decide how much of the past survives: the LSTM forget gate, the GRU update gate.
+    for name in ("forget", "update"):
+        if name in summary["gate_mean"]:
+            summary[f"mean_{name}_gate"] = summary["gate_mean"][name]
+    report = {"cell": rt.manifest["model"].get("cell"), "gates": [g for g in gate_names if g in REPORTED_GATES],
+              "tokens": tokens, "layers": layers, "summary": summary}
+    if include_hidden:
+        report["hidden"] = _hidden(outputs, n, max_hidden_values)
+    return report

@@ -1,0 +1,182 @@
+"""Owns the onnxruntime sessions and the one scoring path used by the HTTP service, the batch CLI and Ray.
+
+A `ModelRuntime` is one verified artifact directory: tokenizer + truncation policy from the manifest, a scoring
+session (`model.onnx`, probabilities only) and a diagnostics session (`diagnostics.onnx`, used only when asked).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from service import diagnostics
+from service.artifacts import ArtifactError, load_manifest
+from service.tokenization import Encoded, TextTokenizer, Truncation
+
+log = logging.getLogger("sentiment.runtime")
+
+PROVIDER_ALIASES = {
+    "cuda": "CUDAExecutionProvider",
+    "cpu": "CPUExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+    "rocm": "ROCMExecutionProvider",
+    "openvino": "OpenVINOExecutionProvider",
+    "coreml": "CoreMLExecutionProvider",
+    "dml": "DmlExecutionProvider",
+}
+
+
+class ProviderError(ValueError):
+    """Requested execution providers that this onnxruntime build cannot give."""
+
+
+class NoTokensError(ValueError):
+    """A text with nothing left to score after cleaning (only whitespace or markup)."""
+
+
+def select_providers(requested: str | list[str] | None, available: list[str]) -> list[str]:
+    """Execution providers to ask onnxruntime for, in priority order.
+
+    None/empty: CUDA when this onnxruntime offers it, then CPU. Otherwise the requested ones (short names like
+    "cuda,cpu" or full provider names) that are available, in the given order; unknown names and a request that
+    leaves nothing available are errors, so a misconfigured GPU deployment fails loudly instead of crawling on CPU
+    (list "cpu" last to allow the fallback)."""
+    if not requested:
+        wanted = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        return [p for p in wanted if p in available] or ["CPUExecutionProvider"]
+    names = requested.split(",") if isinstance(requested, str) else list(requested)
+    chosen = []
+    for raw in (n.strip() for n in names if n.strip()):
+        full = PROVIDER_ALIASES.get(raw.lower(), raw)
+        if full not in PROVIDER_ALIASES.values() and full not in available:
+            raise ProviderError(f"unknown execution provider {raw!r} (known: {', '.join(PROVIDER_ALIASES)})")
+        if full in available:
+            chosen.append(full)
+        else:
+            log.warning("execution provider %s is not available in this onnxruntime build", full)
+    if not chosen:
+        raise ProviderError(f"none of the requested providers {names} is available (available: {available})")
+    return chosen
+
+
+class ModelRuntime:
+    def __init__(self, directory: str | Path, providers: str | list[str] | None = None, intra_op_threads: int = 0,
+                 inter_op_threads: int = 0, verify: bool = True):
+        self.directory = Path(directory)
+        self.manifest = load_manifest(self.directory, verify=verify)
+        m = self.manifest
+        self.name, self.version, self.labels = m["name"], m["version"], list(m["labels"])
+        self.positive = self.labels.index("positive")
+        trunc = m["truncation"]
+        try:
+            self.tokenizer = TextTokenizer.from_file(self.directory / "tokenizer.json", max_tokens=int(m["max_tokens"]),
+                                                     truncation=trunc["strategy"], head_tokens=int(trunc["head_tokens"]))
+        except Exception as exc:  # tokenizers raises plain Exceptions for unreadable files
+            raise ArtifactError(f"{self.directory / 'tokenizer.json'}: cannot load ({exc})") from exc
+        vocab = self.tokenizer.vocab_size
+        expected = {m["tokenizer"].get("vocab_size"), m["model"].get("vocab_size")}
+        if expected != {vocab}:
+            raise ArtifactError(f"{self.directory / 'tokenizer.json'}: {vocab} tokens, but the manifest's model "
+                                f"expects {sorted(x for x in expected if x is not None)}")
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = intra_op_threads
+        opts.inter_op_num_threads = inter_op_threads
+        opts.log_severity_level = 3
+        self.providers = select_providers(providers, ort.get_available_providers())
+        self.session = self._session("model.onnx", opts)
+        self.diagnostics_session = self._session("diagnostics.onnx", opts)
+        self.provider = self.session.get_providers()[0]
+        self.diagnostic_outputs = [o.name for o in self.diagnostics_session.get_outputs()]
+        self.warmup()
+        log.info("loaded model %s %s from %s on %s", self.name, self.version, self.directory, self.provider)
+
+    def _session(self, fname: str, opts: ort.SessionOptions) -> ort.InferenceSession:
+        path = self.directory / fname
+        try:
+            session = ort.InferenceSession(str(path), opts, providers=self.providers)
+        except Exception as exc:  # onnxruntime raises its own exception types for bad graphs
+            raise ArtifactError(f"{path}: onnxruntime cannot load it ({exc})") from exc
+        names = {i.name for i in session.get_inputs()}
+        if names != {"input_ids", "lengths"}:
+            raise ArtifactError(f"{path}: inputs {sorted(names)}, expected input_ids and lengths")
+        return session
+
+    def warmup(self) -> None:
+        """A real inference that also proves the model's embedding table covers the tokenizer's highest id."""
+        probe = Encoded(np.array([self.tokenizer.vocab_size - 1, self.tokenizer.unk_id], np.int64), [(0, 1)] * 2, 2,
+                        False)
+        try:
+            probs = self.run_batch([probe])
+        except Exception as exc:
+            raise ArtifactError(f"{self.directory / 'model.onnx'}: does not accept this tokenizer's ids ({exc})") from exc
+        if probs.shape != (1, len(self.labels)) or not np.all(np.isfinite(probs)):
+            raise ArtifactError(f"{self.directory / 'model.onnx'}: warm-up produced {probs!r}")
+
+    @property
+    def info(self) -> dict:
+        m = self.manifest
+        metrics = m.get("metrics", {})
+        return {
+            "name": self.name, "version": self.version, "labels": self.labels, "provider": self.provider,
+            "cell": m["model"].get("cell"), "layers": m["model"].get("num_layers"),
+            "directions": m["model"].get("directions"), "hidden_size": m["model"].get("hidden_size"),
+            "pooling": m["model"].get("pooling"), "vocab_size": self.tokenizer.vocab_size,
+            "max_tokens": self.tokenizer.max_tokens, "truncation": m["truncation"].get("strategy"),
+            "temperature": m.get("temperature"), "validation_accuracy": metrics.get("val_accuracy"),
+            "ece_after_calibration": metrics.get("ece_after"),
+        }
+
+    # -- scoring ---------------------------------------------------------------------------------------------
+    def encode(self, texts: list[str], truncation: Truncation | None = None) -> list[Encoded]:
+        return self.tokenizer.encode_batch(texts, truncation)
+
+    @staticmethod
+    def pad(encoded: list[Encoded]) -> dict[str, np.ndarray]:
+        lengths = np.array([e.num_tokens for e in encoded], dtype=np.int64)
+        if lengths.min(initial=1) < 1:
+            raise NoTokensError("text has no tokens after cleaning")
+        ids = np.zeros((len(encoded), int(lengths.max())), dtype=np.int64)
+        for row, e in enumerate(encoded):
+            ids[row, : e.num_tokens] = e.ids
+        return {"input_ids": ids, "lengths": lengths}
+
+    def run_batch(self, encoded: list[Encoded]) -> np.ndarray:
+        """One onnxruntime call: calibrated probabilities [N, labels]."""
+        return self.session.run(["probabilities"], self.pad(encoded))[0]
+
+    def predict(self, encoded: list[Encoded], batch_size: int = 64) -> np.ndarray:
+        """Probabilities for any number of texts: scored in length-sorted batches (little padding), returned in
+        input order."""
+        out = np.empty((len(encoded), len(self.labels)), dtype=np.float32)
+        order = sorted(range(len(encoded)), key=lambda i: encoded[i].num_tokens)
+        for start in range(0, len(order), batch_size):
+            chunk = order[start:start + batch_size]
+            out[chunk] = self.run_batch([encoded[i] for i in chunk])
+        return out
+
+    def result(self, enc: Encoded, probs: np.ndarray) -> dict:
+        """The response fields every interface shares."""
+        label = self.labels[int(np.argmax(probs))]
+        return {"label": label, "score": float(probs[self.positive]),
+                "probabilities": {lab: float(p) for lab, p in zip(self.labels, probs)},
+                "num_tokens": enc.num_tokens, "truncated": enc.truncated}
+
+    # -- diagnostics -------------------------------------------------------------------------------------------
+    def diagnose(self, text: str, enc: Encoded, include_hidden: bool = False, attribution: bool = False,
+                 max_hidden_values: int = 65_536) -> tuple[np.ndarray, dict]:
+        """Probabilities and the per-token diagnostics of one text (see service/diagnostics.py)."""
+        outputs = dict(zip(self.diagnostic_outputs, self.diagnostics_session.run(None, self.pad([enc]))))
+        occlusion = self.occlusion(enc) if attribution else None
+        report = diagnostics.build(self, text, enc, outputs, include_hidden, max_hidden_values, occlusion)
+        return outputs["probabilities"][0], report
+
+    def occlusion(self, enc: Encoded) -> np.ndarray:
+        """P(positive) with each token in turn replaced by [UNK]: one batched call of T masked copies."""
+        n = enc.num_tokens
+        ids = np.tile(enc.ids, (n, 1))
+        ids[np.arange(n), np.arange(n)] = self.tokenizer.unk_id
+        feed = {"input_ids": ids, "lengths": np.full(n, n, dtype=np.int64)}
+        return self.session.run(["probabilities"], feed)[0][:, self.positive]
