@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import math
 import subprocess
 import sys
 from dataclasses import asdict, fields
@@ -103,13 +102,14 @@ class _Exporter:
             g.op("Transpose", g.op("Squeeze", g.op("Mul", pos, mask), g.ints(2)), perm=[1, 0], name="running_positive")
             outs.append(tensor_info("running_positive", TensorProto.FLOAT, ["batch", "tokens"]))
             G = len(GATE_NAMES[cfg.cell])
-            for li, (hidden, gates) in enumerate(outputs):
+            for hidden, gates in outputs:
                 outs.append(tensor_info(hidden, TensorProto.FLOAT, ["batch", "tokens", D, H]))
                 if gates:
                     outs.append(tensor_info(gates, TensorProto.FLOAT, ["batch", "tokens", D, G, H]))
         inputs = [tensor_info("input_ids", TensorProto.INT64, ["batch", "tokens"]),
                   tensor_info("lengths", TensorProto.INT64, ["batch"])]
-        return g.model(inputs, outs, OPSET, doc=f"{cfg.cell} sentiment classifier ({'diagnostics' if diagnostics else 'scoring'})")
+        kind = "diagnostics" if diagnostics else "scoring"
+        return g.model(inputs, outs, OPSET, doc=f"{cfg.cell} sentiment classifier ({kind})")
 
     def _pool(self, g: GraphBuilder, x: str, mask: str, mask_b: str, y_h: str) -> str:
         pooling = self.cfg.pooling
