@@ -30,3 +30,11 @@ train: venv
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+
+# Speed figures as ratios measured in one run: writes benchmarks/results.json and the README table.
+bench: venv
+	$(BIN)/python -m benchmarks.bench
+
+# CUDA execution provider + parity checks (run on a machine with a GPU; installs onnxruntime-gpu in its own venv).
+gpu-check:
+	bash benchmarks/gpu_check.sh

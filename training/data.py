@@ -13,6 +13,7 @@ import json
 import random
 import re
 import tarfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,14 +75,28 @@ def _collect_imdb(files: Iterator[tuple[str, bytes]], split: str, unsup: bool) -
     return out
 
 
+_ARCHIVE_ERRORS = (tarfile.TarError, EOFError, OSError, zlib.error)
+
+
 def _tar_files(path: Path) -> Iterator[tuple[str, object]]:
+    def guarded(read):
+        # Members are read by the caller, outside the try below: a truncated archive fails there.
+        def call():
+            try:
+                return read()
+            except _ARCHIVE_ERRORS as exc:
+                raise DataError(f"{path}: cannot read archive ({exc})") from exc
+        return call
+
     try:
         with tarfile.open(path, "r:*") as tar:
             for member in tar:
                 if member.isfile():
-                    handle = tar.extractfile(member)
-                    yield member.name, handle.read
-    except (tarfile.TarError, EOFError, OSError) as exc:
+                    yield member.name, guarded(tar.extractfile(member).read)
+            # tarfile stops quietly at a corrupted header; reading to the end runs the gzip CRC check.
+            while tar.fileobj.read(1 << 20):
+                pass
+    except _ARCHIVE_ERRORS as exc:
         raise DataError(f"{path}: cannot read archive ({exc})") from exc
 
 
