@@ -27,6 +27,7 @@ import onnx
 import torch
 from onnx import TensorProto
 
+from training import model_card
 from training.cells import GATE_NAMES
 from training.config import ModelConfig, TrainConfig
 from training.models import RecurrentClassifier
@@ -217,7 +218,8 @@ def load_run(run_dir: str | Path) -> tuple[RecurrentClassifier, dict]:
 
 
 def export_model(model: RecurrentClassifier, tokenizer_json: str, out: Path, *, name: str, version: str,
-                 train_cfg: TrainConfig, metrics: dict, temperature: float = 1.0) -> dict:
+                 train_cfg: TrainConfig, metrics: dict, temperature: float = 1.0, comparison: str | None = None,
+                 notes: str | None = None) -> dict:
     """Write a complete artifact directory; returns its manifest."""
     out.mkdir(parents=True, exist_ok=True)
     exporter = _Exporter(model, temperature, train_cfg.max_tokens)
@@ -250,8 +252,10 @@ def export_model(model: RecurrentClassifier, tokenizer_json: str, out: Path, *, 
                                                                       if k != "model"},
                      "source_commit": source_commit()},
     }
+    manifest["files"] = {}
+    model_card.write(out, manifest, comparison, notes)
     manifest["files"] = {p.name: {"sha256": file_sha256(p), "bytes": p.stat().st_size}
-                         for p in sorted(out.iterdir()) if p.name not in ("manifest.json", "MODEL_CARD.md")}
+                         for p in sorted(out.iterdir()) if p.is_file() and p.name != "manifest.json"}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
 
@@ -263,6 +267,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="artifact directory to write, e.g. exported/imdb-lstm")
     parser.add_argument("--name", help="model name (default: the run's name)")
     parser.add_argument("--version", default="1.0.0")
+    parser.add_argument("--comparison", help="markdown table from training.sweep to include in MODEL_CARD.md")
+    parser.add_argument("--notes", help="markdown file of extra notes for MODEL_CARD.md")
     args = parser.parse_args(argv)
     try:
         model, saved = load_run(args.run)
@@ -272,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     metrics = saved["metrics"]
     manifest = export_model(model, saved["tokenizer_json"], Path(args.out), name=args.name or saved["train_config"].name,
                             version=args.version, train_cfg=saved["train_config"], metrics=metrics,
-                            temperature=metrics.get("temperature", 1.0))
+                            temperature=metrics.get("temperature", 1.0), comparison=args.comparison, notes=args.notes)
     size = sum(f["bytes"] for f in manifest["files"].values())
     print(f"exported {manifest['name']} {manifest['version']} to {args.out} ({size / 1e6:.1f} MB)")
     return 0
