@@ -9,7 +9,7 @@ Fixtures for other test packages:
     imdb_tarball       `aclImdb_fixture.tar.gz` made from that tree
     tiny_run_dir       a finished `train()` run on the fixture (model.pt, checkpoint.pt, metrics.json, ...)
     tiny_artifact      that run exported with `sentiment-export`: model.onnx, diagnostics.onnx, weights.bin,
-                       tokenizer.json, manifest.json
+                       tokenizer.json, manifest.json, MODEL_CARD.md (shared by the session: copy it before tampering)
     random_artifacts   {(cell, bidirectional): RandomExport} untrained exports for lstm/gru/rnn, uni and bi
     export_random      factory for more untrained exports: export_random(cell, bidirectional, pooling, num_layers)
 """
@@ -17,7 +17,9 @@ Fixtures for other test packages:
 from __future__ import annotations
 
 import random
+import sys
 import tarfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,7 +34,7 @@ HTML_NOISE = ["<br /><br />", "<br />", " &amp; ", " &quot;really&quot; ", " did
 
 # Small settings shared by every tiny training run (tests build their own runs from these).
 TINY_SETTINGS = {
-    "seed": 7, "val_fraction": 0.25, "max_vocab": 500, "min_frequency": 1, "max_tokens": 64, "truncation": "head_tail",
+    "seed": 8, "val_fraction": 0.25, "max_vocab": 500, "min_frequency": 1, "max_tokens": 64, "truncation": "head_tail",
     "head_tokens": 16, "embeddings": "random", "epochs": 2, "batch_size": 8, "lr": 0.01, "patience": 5,
 }
 TINY_MODEL = {"embedding_dim": 16, "hidden_size": 16, "cell": "lstm", "bidirectional": True, "pooling": "meanmax",
@@ -104,6 +106,18 @@ def write_imdb_tree(root: Path, seed: int = 0) -> ImdbFixture:
     return fixture
 
 
+def _one_torch_thread() -> None:
+    """The suite's models are tiny: extra intra-op threads only fight over a small shared machine's cores."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _limit_threads():
+    _one_torch_thread()  # only when a test module already imported torch: service-only runs never import it
+
+
 @pytest.fixture(scope="session")
 def imdb_fixture(tmp_path_factory) -> ImdbFixture:
     return write_imdb_tree(tmp_path_factory.mktemp("imdb"))
@@ -155,6 +169,7 @@ def tiny_run_dir(imdb_fixture_dir, tmp_path_factory) -> Path:
     pytest.importorskip("torch")
     from training.train import train
 
+    _one_torch_thread()
     out = tmp_path_factory.mktemp("tiny_run")
     train(tiny_train_config(imdb_fixture_dir, out))
     return out
@@ -188,6 +203,14 @@ class RandomExport:
 
 
 RANDOM_TEMPERATURE = 1.7  # not 1, so exported probabilities must divide by it
+
+
+def placeholder_metrics(temperature: float = 1.0) -> dict:
+    """Metrics in the shape `training.train.finish` writes, for exports of untrained models."""
+    return {"val_accuracy": 0.5, "val_nll_before": 0.7, "val_nll_after": 0.69, "ece_before": 0.1, "ece_after": 0.05,
+            "temperature": temperature, "best_epoch": 1, "epochs_run": 1, "train_seconds": 0.0,
+            "embedding_coverage": 0.0, "counts": {"train": 0, "val": 0, "unlabeled": 0, "val_films": 0},
+            "history": []}
 RANDOM_MAX_TOKENS = 24
 
 
@@ -207,7 +230,7 @@ def export_random(fixture_tokenizer, tmp_path_factory):
     def make(cell: str, bidirectional: bool, pooling: str = "meanmax", num_layers: int = 1) -> RandomExport:
         key = (cell, bidirectional, pooling, num_layers)
         if key not in cache:
-            torch.manual_seed(hash(key) % 2**31)
+            torch.manual_seed(zlib.crc32(repr(key).encode()))  # stable across processes, unlike hash()
             cfg = ModelConfig(vocab_size=fixture_tokenizer.get_vocab_size(), embedding_dim=10, hidden_size=6, cell=cell,
                               bidirectional=bidirectional, pooling=pooling, num_layers=num_layers)
             model = RecurrentClassifier(cfg).eval()
@@ -220,7 +243,8 @@ def export_random(fixture_tokenizer, tmp_path_factory):
                                                  "num_layers": num_layers, "embedding_dim": 10, "hidden_size": 6})
             out = root / f"{cell}-{'bi' if bidirectional else 'uni'}-{pooling}-{num_layers}"
             export_model(model, fixture_tokenizer.to_str(), out, name=out.name, version="0.0.0", train_cfg=train_cfg,
-                         metrics={"val_accuracy": 0.5}, temperature=RANDOM_TEMPERATURE)
+                         metrics=placeholder_metrics(RANDOM_TEMPERATURE),
+                         temperature=RANDOM_TEMPERATURE)
             cache[key] = RandomExport(model, out, RANDOM_TEMPERATURE, RANDOM_MAX_TOKENS)
         return cache[key]
 
@@ -231,6 +255,12 @@ def export_random(fixture_tokenizer, tmp_path_factory):
 def random_artifacts(export_random) -> dict[tuple[str, bool], RandomExport]:
     """Untrained exports for every cell kind, unidirectional and bidirectional (meanmax pooling)."""
     return {(cell, bi): export_random(cell, bi) for cell in ("lstm", "gru", "rnn") for bi in (False, True)}
+
+
+@pytest.fixture(name="placeholder_metrics", scope="session")
+def placeholder_metrics_fixture():
+    """`placeholder_metrics(temperature=1.0)`: a metrics dict for exporting untrained models."""
+    return placeholder_metrics
 
 
 @pytest.fixture(scope="session")

@@ -60,5 +60,8 @@ class TrainConfig:
     clip_norm: float = 1.0  # 0 disables gradient-norm clipping
     patience: int = 2
     max_train_examples: int = 0  # 0 = all; small values make quick experiments and tests
+    # One thread: the fused RNN kernels synchronise their threads at every time step; on this 2-core machine with
+    # anything else running, 2 threads measured 10x slower per batch than 1 (1.8 s vs 15-40 s).
+    threads: int = 1
     time_budget_min: float = 0.0  # 0 = none; stops after the epoch that crosses it (fixed-budget comparisons)
     model: ModelConfig = field(default_factory=ModelConfig)

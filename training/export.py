@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import shlex
 import subprocess
 import sys
 from dataclasses import asdict, fields
@@ -207,7 +208,7 @@ def train_command(cfg: TrainConfig) -> str:
                 continue
             flag = "--" + f.name.replace("_", "-")
             parts += [flag if value is True else f"--no-{flag[2:]}"] if isinstance(value, bool) else [flag, str(value)]
-    return " ".join(parts)
+    return shlex.join(parts)  # quoted: paths and names may contain spaces
 
 
 def load_run(run_dir: str | Path) -> tuple[RecurrentClassifier, dict]:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from service.tokenization import kept_positions
 from training.config import ModelConfig, TrainConfig
 from training.train import train
 
@@ -42,11 +43,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--examples", type=int, default=6000)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--only", help="comma-separated variant names")
+    parser.add_argument("--max-tokens", type=int, default=200, help="re-truncate the prepared reviews (head+tail)")
     args = parser.parse_args(argv)
     prepared = torch.load(args.prepared, weights_only=False)
     ids, labels = prepared["train"]
     pick = sorted(random.Random(0).sample(range(len(ids)), min(args.examples, len(ids))))
-    subset = dict(prepared, train=([ids[i] for i in pick], [labels[i] for i in pick]))
+    def cut(rows):
+        return [r[kept_positions(len(r), args.max_tokens, "head_tail", args.max_tokens // 4)] for r in rows]
+
+    val_ids, val_labels = prepared["val"]
+    subset = dict(prepared, train=(cut([ids[i] for i in pick]), [labels[i] for i in pick]),
+                  val=(cut(val_ids), val_labels))
     out = Path(args.out)
     results_path = out / "results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
@@ -58,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         run.mkdir(parents=True, exist_ok=True)
         torch.save(subset, run / "prepared.pt")
         cfg = TrainConfig(out_dir=str(run), name=name, embeddings=emb, clip_norm=clip, epochs=args.epochs,
-                          patience=args.epochs,
+                          patience=args.epochs, max_tokens=args.max_tokens,
                           model=ModelConfig(cell=cell, bidirectional=bi, pooling="last", dropout=0.3,
                                             embedding_dropout=0.1))
         metrics = train(cfg)

@@ -117,15 +117,19 @@ def evaluate(model, ids, labels) -> dict:
     return {"loss": F.cross_entropy(logits, y).item(), "accuracy": (logits.argmax(1) == y).float().mean().item()}
 
 
+# A resumed run keeps its checkpoint's settings except how long to train (`--resume --epochs 10` extends a run).
+RESUME_OVERRIDES = ("epochs", "patience", "time_budget_min")
+
+
 def train(cfg: TrainConfig, resume: bool = False) -> dict:
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / "checkpoint.pt"
     if resume and ckpt_path.exists():
         saved = torch.load(ckpt_path, weights_only=False)
-        cfg = saved["train_config"]
+        cfg = dataclasses.replace(saved["train_config"], **{k: getattr(cfg, k) for k in RESUME_OVERRIDES})
     seed_everything(cfg.seed)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    torch.set_num_threads(max(1, cfg.threads))
     prepared = prepare(cfg, out)
     tokenizer_json = prepared["tokenizer_json"]
     cfg.model.vocab_size = json.loads(tokenizer_json)["model"]["vocab"].__len__()
@@ -149,8 +153,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         epoch = state["epoch"] + 1
         model.train()
         start, seen, loss_sum, correct, grad_norms = time.time(), 0, 0.0, 0, []
-        bar = tqdm(batches(train_ids, train_y, cfg.batch_size, cfg.seed + epoch), total=steps,
-                   desc=f"epoch {epoch}", file=sys.stderr, mininterval=5, disable=None)
+        # Not a terminal (a background run): a line every 30 s in the log instead of a bar.
+        bar = tqdm(batches(train_ids, train_y, cfg.batch_size, cfg.seed + epoch), total=steps, desc=f"epoch {epoch}",
+                   file=sys.stderr, mininterval=5 if sys.stderr.isatty() else 30, dynamic_ncols=True)
         for x, lengths, y in bar:
             logits = model(x, lengths)
             loss = F.cross_entropy(logits, y)
@@ -240,6 +245,11 @@ def parse_config(argv: list[str] | None = None) -> tuple[TrainConfig, bool]:
     cfg = TrainConfig(model=model, **{k: v for k, v in args.items() if k not in model_fields and v is not None})
     if cfg.truncation not in ("head", "tail", "head_tail"):
         parser.error("--truncation must be head|tail|head_tail")
+    ckpt_path = Path(cfg.out_dir) / "checkpoint.pt"
+    if resume and ckpt_path.exists():
+        # Stopping settings not given on the command line stay those of the run being resumed.
+        saved = torch.load(ckpt_path, weights_only=False)["train_config"]
+        cfg = dataclasses.replace(cfg, **{k: getattr(saved, k) for k in RESUME_OVERRIDES if args.get(k) is None})
     return cfg, resume
 
 
