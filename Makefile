@@ -11,7 +11,7 @@ PORT ?= 8000
 venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q -e '.[train,dev,parquet]'
+	$(BIN)/pip install -q -e '.[train,dev,parquet,ray]'
 	touch $@
 
 run: venv
@@ -34,7 +34,19 @@ clean:
 # Speed figures as ratios measured in one run: writes benchmarks/results.json and the README table.
 bench: venv
 	$(BIN)/python -m benchmarks.bench
+	$(BIN)/python -m benchmarks.cli_bench
+
+# 1,000,000 short rows through `sentiment-score`, RSS sampled at ~20% and ~90% (into benchmarks/cli_results.json).
+.PHONY: bench-memory
+bench-memory: venv
+	$(BIN)/python -m benchmarks.cli_bench --memory
 
 # CUDA execution provider + parity checks (run on a machine with a GPU; installs onnxruntime-gpu in its own venv).
 gpu-check:
 	bash benchmarks/gpu_check.sh
+
+# Build the image, run it with podman-compose (api + batch profile) and check it end to end; sets podman up with
+# ../shared/tools/container-env.sh when missing. SENTIMENT_TEST_ARTIFACT=DIR builds with that artifact instead.
+.PHONY: test-container
+test-container:
+	bash tests/container/run.sh

@@ -1,0 +1,1 @@
+"""Benchmarks and hardware checks of the service (`make bench`, `make gpu-check`)."""

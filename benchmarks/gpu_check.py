@@ -1,0 +1,110 @@
+"""GPU check of the service (run by benchmarks/gpu_check.sh in a venv with onnxruntime-gpu, on a machine with a GPU):
+
+1. provider selection: onnxruntime offers CUDA, the default selection puts it first, `SENTIMENT_PROVIDERS=cuda`
+   really runs on CUDA (onnxruntime silently falls back to CPU when the CUDA libraries do not load: caught here);
+2. parity: every shipped artifact scores the same texts on CPU and CUDA within 1e-4 (probabilities, running scores
+   and gate means of the diagnostics graph);
+3. the HTTP app reports and labels the provider (/v1/models, /metrics);
+4. timings on both providers (batch 1 and 32), for information.
+
+    python -m benchmarks.gpu_check [MODEL_ROOT]      (GPU_CHECK_PROVIDER=cpu runs it on a CPU-only machine: a dry run)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from benchmarks.bench import REPO, synthetic_reviews
+from service.artifacts import discover
+from service.runtime import PROVIDER_ALIASES, ModelRuntime, select_providers
+
+TOLERANCE = 1e-4
+
+
+def median_ms(fn, items) -> float:
+    fn(items[0])
+    times = []
+    for item in items:
+        start = time.perf_counter()
+        fn(item)
+        times.append(time.perf_counter() - start)
+    return float(np.median(times)) * 1e3
+
+
+def check_model(directory: Path, device: str, failures: list[str]) -> dict:
+    cpu = ModelRuntime(directory, providers="cpu", intra_op_threads=1)
+    dev = ModelRuntime(directory, providers=device)
+    wanted = PROVIDER_ALIASES[device]
+    if dev.provider != wanted:
+        failures.append(f"{directory}: asked for {wanted}, the session runs on {dev.provider} (CUDA libraries missing?)")
+    texts = synthetic_reviews(directory / "tokenizer.json", 128, seed=1)
+    encoded = cpu.encode(texts)
+    p_cpu, p_dev = cpu.predict(encoded), dev.predict(encoded)
+    prob_diff = float(np.abs(p_cpu - p_dev).max())
+    diag_diff = 0.0
+    for text, enc in zip(texts[:8], encoded[:8]):
+        (_, a), (_, b) = cpu.diagnose(text, enc), dev.diagnose(text, enc)
+        diag_diff = max(diag_diff, max(abs(x["running_score"] - y["running_score"])
+                                       for x, y in zip(a["tokens"], b["tokens"])))
+        for la, lb in zip(a["layers"], b["layers"]):
+            for gate in la["gate_mean"]:
+                diag_diff = max(diag_diff, float(np.abs(np.subtract(la["gate_mean"][gate], lb["gate_mean"][gate])).max()))
+    if max(prob_diff, diag_diff) > TOLERANCE:
+        failures.append(f"{directory}: CPU vs {dev.provider} differ by {max(prob_diff, diag_diff):.2e} > {TOLERANCE}")
+    singles, b32 = [[e] for e in encoded[:40]], [encoded[i:i + 32] for i in range(0, 128, 32)]
+    return {"provider": dev.provider, "max_abs_diff_probabilities": prob_diff, "max_abs_diff_diagnostics": diag_diff,
+            "cpu_batch1_ms": median_ms(cpu.run_batch, singles), "device_batch1_ms": median_ms(dev.run_batch, singles),
+            "cpu_batch32_ms": median_ms(cpu.run_batch, b32), "device_batch32_ms": median_ms(dev.run_batch, b32)}
+
+
+def check_app(root: Path, device: str, failures: list[str]) -> dict:
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+    from service.settings import Settings
+
+    wanted = PROVIDER_ALIASES[device]
+    with TestClient(create_app(Settings(model_root=root, providers=list(dict.fromkeys([device, "cpu"]))))) as client:
+        models = client.get("/v1/models").json()["models"]
+        scored = client.post("/v1/sentiment", json={"text": "A wonderful, moving film."}).status_code
+        metrics = client.get("/metrics").text
+    if any(m["provider"] != wanted for m in models) or scored != 200:
+        failures.append(f"/v1/models reports {[m['provider'] for m in models]}, scoring answered {scored}")
+    if f'provider="{wanted}"' not in metrics:
+        failures.append(f"/metrics has no provider=\"{wanted}\" label")
+    return {"models": {m["name"]: m["provider"] for m in models}}
+
+
+def main() -> int:
+    root = Path(sys.argv[1] if len(sys.argv) > 1 else os.environ.get("SENTIMENT_MODEL_ROOT", REPO / "exported"))
+    device = os.environ.get("GPU_CHECK_PROVIDER", "cuda")
+    if device == "cuda" and hasattr(ort, "preload_dlls"):
+        ort.preload_dlls()  # CUDA/cuDNN from the nvidia-* wheels the venv installed, when the system has none
+    available = ort.get_available_providers()
+    failures: list[str] = []
+    report = {"onnxruntime": ort.__version__, "device": ort.get_device(), "available": available,
+              "default_selection": select_providers(None, available)}
+    if PROVIDER_ALIASES[device] not in available:
+        print(json.dumps(report, indent=2))
+        print(f"gpu-check: FAILED: this onnxruntime offers no {PROVIDER_ALIASES[device]}", file=sys.stderr)
+        return 1
+    if device == "cuda" and report["default_selection"][0] != "CUDAExecutionProvider":
+        failures.append(f"default selection {report['default_selection']} does not start with CUDA")
+    report["models"] = {d.name: check_model(d, device, failures) for d in discover(root)}
+    report["app"] = check_app(root, device, failures)
+    report["failures"] = failures
+    print(json.dumps(report, indent=2))
+    print("gpu-check: " + ("FAILED:\n  " + "\n  ".join(failures) if failures else "passed"),
+          file=sys.stderr if failures else sys.stdout)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

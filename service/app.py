@@ -1,0 +1,79 @@
+"""Builds the FastAPI app: routes, middleware, error handlers and the lifespan that loads the models.
+
+    uvicorn --factory service.app:create_app      (or `sentiment-serve`, which also checks the models first)
+
+Start-up loads and verifies every artifact under the model root (see `ModelRegistry`) and starts one micro-batcher
+per model before the app reports ready; any failure stops start-up, so there is never a half-working server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.staticfiles import StaticFiles
+
+from service import errors
+from service.batching import MicroBatcher
+from service.metrics import Metrics, MetricsMiddleware
+from service.registry import ModelRegistry
+from service.routes import ServiceState, health, models, sentiment
+from service.settings import Settings
+
+log = logging.getLogger("sentiment.app")
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+
+
+def _start(state: ServiceState, registry: ModelRegistry) -> None:
+    s = state.settings
+    state.registry = registry
+    for rt in registry:
+        batcher = MicroBatcher(rt, max_items=s.max_batch_items, max_tokens=s.max_batch_tokens,
+                               max_wait_ms=s.max_wait_ms, queue_size=s.queue_size, metrics=state.metrics)
+        batcher.start()
+        state.batchers[rt.name] = batcher
+        state.metrics.model_info.labels(rt.name, rt.version, rt.provider).set(1)
+        state.metrics.queue_depth.labels(rt.name).set(0)
+    state.ready = True
+
+
+def create_app(settings: Settings | None = None, registry: ModelRegistry | None = None) -> FastAPI:
+    """The app; `registry` lets a caller that already loaded the models (sentiment-serve) skip loading them again."""
+    settings = settings or Settings()
+    state = ServiceState(settings=settings, metrics=Metrics())
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        loaded = registry or await asyncio.to_thread(ModelRegistry.load, settings)
+        _start(state, loaded)
+        log.info("ready: %d model(s), default %s", len(loaded), loaded.default)
+        try:
+            yield
+        finally:
+            state.ready = False
+            for batcher in state.batchers.values():
+                await batcher.stop()
+
+    app = FastAPI(title="IMDB sentiment service", version="1.0.0", lifespan=lifespan,
+                  description="Scores review text with an LSTM/GRU classifier (onnxruntime), with optional per-token "
+                              "diagnostics of the recurrent state. Errors: `{\"error\": {\"code\", \"message\"}}`.")
+    app.state.service = state
+    errors.install(app)
+    for module in (sentiment, models, health):
+        app.include_router(module.router)
+    # The web page (owned elsewhere) is served at / when present; mounted last so the API routes match first.
+    if STATIC_DIR.is_dir():
+        app.mount("/", StaticFiles(directory=STATIC_DIR, html=True), name="static")
+    # add_middleware puts each new one outside the previous: the body limit runs innermost, CORS outermost.
+    app.add_middleware(errors.BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(errors.CatchAllMiddleware)
+    app.add_middleware(MetricsMiddleware, metrics=state.metrics, known_paths=frozenset(
+        route.path for module in (sentiment, models, health) for route in module.router.routes))
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
+                           allow_headers=["content-type", "authorization", "x-api-key"])
+    return app

@@ -1,0 +1,231 @@
+"""Dynamic micro-batching: concurrent requests for one model are coalesced into few onnxruntime calls.
+
+Requests submit *jobs* (one text, or all texts of a batch request) to a bounded queue. One worker per model takes
+everything that arrived while its previous call ran - and, when traffic overlaps, lets the oldest job wait up to
+`max_wait_ms` for company - sorts those texts by length and cuts them into onnxruntime calls bounded by `max_items`
+and a padded-token budget (items x longest). A call also ends where lengths jump, so a short review never waits for,
+nor is padded to, a long one. Calls run in a single background thread, off the event loop; results go back in each
+job's own order.
+
+Failure rules: a full queue is refused at once (`QueueFull`, the route answers 503 + Retry-After); an exception
+inside onnxruntime fails only the jobs in that call; a job whose request was cancelled (client gone) gives its
+queue slots back and is skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from service.metrics import Metrics
+from service.runtime import ModelRuntime, NoTokensError
+from service.tokenization import Encoded
+
+log = logging.getLogger("sentiment.batching")
+
+# A call stops growing at a text longer than this multiple of its shortest one (plus a little slack for tiny texts):
+# beyond it, padding the short texts costs more than another call's overhead.
+LENGTH_RATIO, LENGTH_SLACK = 2.0, 16
+
+
+class QueueFull(RuntimeError):
+    """More texts waiting than the queue holds."""
+
+
+class BatcherStopped(RuntimeError):
+    """The service is shutting down."""
+
+
+@dataclass
+class _Job:
+    encoded: list[Encoded]
+    future: asyncio.Future
+    enqueued: float = field(default_factory=time.perf_counter)
+    probs: np.ndarray | None = None
+    remaining: int = 0
+
+    @property
+    def size(self) -> int:
+        return len(self.encoded)
+
+
+def plan_calls(items: list[tuple[int, int]], max_items: int, max_tokens: int) -> list[list[tuple[int, int]]]:
+    """Cut (key, length) items into onnxruntime calls, shortest first: each call holds at most `max_items`, at most
+    `max_tokens` padded tokens (unless one text alone is longer), and no text much longer than its shortest."""
+    calls: list[list[tuple[int, int]]] = []
+    current: list[tuple[int, int]] = []
+    for item in sorted(items, key=lambda kv: kv[1]):
+        length = item[1]
+        if current:
+            shortest = current[0][1]
+            too_many = len(current) + 1 > max_items
+            too_long = (len(current) + 1) * length > max_tokens
+            too_far = length > LENGTH_RATIO * shortest + LENGTH_SLACK
+            if too_many or too_long or too_far:
+                calls.append(current)
+                current = []
+        current.append(item)
+    if current:
+        calls.append(current)
+    return calls
+
+
+class MicroBatcher:
+    def __init__(self, runtime: ModelRuntime, *, max_items: int, max_tokens: int, max_wait_ms: float,
+                 queue_size: int, metrics: Metrics | None = None):
+        self.runtime = runtime
+        self.max_items, self.max_tokens = max_items, max_tokens
+        self.max_wait = max_wait_ms / 1000
+        self.queue_size = queue_size
+        self.metrics = metrics
+        self._jobs: deque[_Job] = deque()
+        self._active: list[_Job] = []  # taken by the worker, not yet answered
+        self._last_window = 0  # jobs in the previous window
+        self._waiting = 0  # texts in `_jobs`
+        self._wakeup = asyncio.Event()
+        self._worker: asyncio.Task | None = None
+        # One thread: calls for one model run one after another, and the event loop stays free meanwhile.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ort-{runtime.name}")
+        self._labels = (runtime.name, runtime.provider)
+
+    @property
+    def depth(self) -> int:
+        return self._waiting
+
+    @property
+    def running(self) -> bool:
+        return self._worker is not None and not self._worker.done()
+
+    def start(self) -> None:
+        if not self.running:
+            self._worker = asyncio.get_running_loop().create_task(self._run(), name=f"batcher-{self.runtime.name}")
+
+    async def stop(self) -> None:
+        """Stop the worker; texts still waiting fail with `BatcherStopped`."""
+        if self._worker is not None:
+            self._worker.cancel()
+            try:
+                await self._worker
+            except asyncio.CancelledError:
+                pass
+            self._worker = None
+        self._fail(list(self._jobs) + self._active, BatcherStopped("the service is shutting down"))
+        self._jobs.clear()
+        self._set_waiting(0)
+        self._executor.shutdown(wait=False)
+
+    async def submit(self, encoded: list[Encoded]) -> np.ndarray:
+        """Probabilities [len(encoded), labels] in input order, computed together with other requests' texts."""
+        if not self.running:
+            raise BatcherStopped("the model worker is not running")
+        if not encoded:
+            return np.empty((0, len(self.runtime.labels)), dtype=np.float32)
+        if any(e.num_tokens < 1 for e in encoded):
+            raise NoTokensError("text has no tokens after cleaning")  # would fail everyone else's call
+        if self._waiting + len(encoded) > self.queue_size:
+            raise QueueFull(f"{self._waiting} texts are already waiting (queue size {self.queue_size})")
+        job = _Job(encoded, asyncio.get_running_loop().create_future(), remaining=len(encoded))
+        self._jobs.append(job)
+        self._set_waiting(self._waiting + job.size)
+        self._wakeup.set()
+        try:
+            return await job.future
+        except asyncio.CancelledError:
+            # The client went away: give the slots back if the worker has not taken the job yet.
+            try:
+                self._jobs.remove(job)
+                self._set_waiting(self._waiting - job.size)
+            except ValueError:
+                pass
+            raise
+
+    @staticmethod
+    def _fail(jobs: list[_Job], exc: BaseException) -> None:
+        for job in jobs:
+            if not job.future.done():
+                job.future.set_exception(exc)
+
+    def _set_waiting(self, value: int) -> None:
+        self._waiting = value
+        if self.metrics:
+            self.metrics.queue_depth.labels(self.runtime.name).set(value)
+
+    async def _run(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            if not self._jobs:
+                continue
+            # Let the oldest job wait up to max_wait for company, unless a full call is already waiting - and only
+            # when requests overlap (the last window held several jobs): a lone client would just wait for nobody.
+            deadline = self._jobs[0].enqueued + (self.max_wait if self._last_window > 1 else 0.0)
+            while self._waiting < self.max_items and (left := deadline - time.perf_counter()) > 0:
+                try:
+                    await asyncio.wait_for(self._wakeup.wait(), left)
+                except asyncio.TimeoutError:
+                    break
+                self._wakeup.clear()
+            self._active = self._take()
+            self._last_window = len(self._active)
+            try:
+                await self._process(self._active)
+            except Exception as exc:  # a bug here must not kill the worker and hang every later request
+                log.exception("micro-batch failed")
+                self._fail(self._active, exc)
+            self._active = []
+            if self._jobs:
+                self._wakeup.set()
+
+    def _take(self) -> list[_Job]:
+        """Waiting jobs in arrival order, up to one window's worth (at least one job, whatever its size)."""
+        jobs, items = [], 0
+        window = max(self.max_items, 1)
+        while self._jobs and (not jobs or items + self._jobs[0].size <= window):
+            job = self._jobs.popleft()
+            self._set_waiting(self._waiting - job.size)
+            if job.future.done():  # cancelled while waiting
+                continue
+            jobs.append(job)
+            items += job.size
+        return jobs
+
+    async def _process(self, jobs: list[_Job]) -> None:
+        now = time.perf_counter()
+        items = []
+        for j, job in enumerate(jobs):
+            job.probs = np.empty((job.size, len(self.runtime.labels)), dtype=np.float32)
+            if self.metrics:
+                self.metrics.queue_wait.labels(self.runtime.name).observe(now - job.enqueued)
+            items += [((j, i), e.num_tokens) for i, e in enumerate(job.encoded)]
+        loop = asyncio.get_running_loop()
+        for call in plan_calls(items, self.max_items, self.max_tokens):
+            live = [(j, i) for (j, i), _ in call if not jobs[j].future.done()]
+            if not live:
+                continue
+            encoded = [jobs[j].encoded[i] for j, i in live]
+            started = time.perf_counter()
+            try:
+                probs = await loop.run_in_executor(self._executor, self.runtime.run_batch, encoded)
+            except Exception as exc:  # one failed call fails only its own jobs
+                log.exception("onnxruntime call of %d texts failed", len(encoded))
+                self._fail([jobs[j] for j in {j for j, _ in live}], exc)
+                continue
+            self._record(encoded, time.perf_counter() - started)
+            for row, (j, i) in enumerate(live):
+                job = jobs[j]
+                job.probs[i] = probs[row]
+                job.remaining -= 1
+                if job.remaining == 0 and not job.future.done():
+                    job.future.set_result(job.probs)
+
+    def _record(self, encoded: list[Encoded], seconds: float) -> None:
+        if self.metrics:
+            self.metrics.batch_size.labels(*self._labels).observe(len(encoded))
+            self.metrics.inference.labels(*self._labels).observe(seconds)
+            self.metrics.tokens.labels(*self._labels).inc(sum(e.num_tokens for e in encoded))

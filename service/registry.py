@@ -1,0 +1,58 @@
+"""The models this service serves: every artifact directory under the model root, loaded and verified at start-up
+(sha256 of each file, tokenizer vs model input, a warm-up inference: see `ModelRuntime`), and the default model.
+
+Loading is all or nothing: one bad artifact raises `ArtifactError` naming the file, and the server does not start.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from service.artifacts import ArtifactError, discover
+from service.errors import ApiError
+from service.runtime import ModelRuntime
+from service.settings import Settings
+
+log = logging.getLogger("sentiment.registry")
+
+
+class ModelRegistry:
+    def __init__(self, runtimes: list[ModelRuntime], default: str | None = None):
+        if not runtimes:
+            raise ArtifactError("no models to serve")
+        self.runtimes: dict[str, ModelRuntime] = {}
+        for rt in runtimes:
+            if rt.name in self.runtimes:
+                raise ArtifactError(f"{rt.directory / 'manifest.json'}: model name {rt.name!r} is already served "
+                                    f"from {self.runtimes[rt.name].directory}")
+            self.runtimes[rt.name] = rt
+        if default is not None and default not in self.runtimes:
+            raise ArtifactError(f"default model {default!r} is not among the loaded models "
+                                f"({', '.join(self.runtimes)})")
+        self.default = default or min(self.runtimes)
+
+    @classmethod
+    def load(cls, settings: Settings) -> ModelRegistry:
+        runtimes = []
+        for directory in discover(settings.model_root):
+            runtimes.append(ModelRuntime(directory, providers=settings.providers or None,
+                                         intra_op_threads=settings.intra_op_threads,
+                                         inter_op_threads=settings.inter_op_threads))
+        registry = cls(runtimes, settings.default_model)
+        for rt in registry:
+            log.info("serving %s %s on %s%s", rt.name, rt.version, rt.provider,
+                     " (default)" if rt.name == registry.default else "")
+        return registry
+
+    def __iter__(self):
+        return iter(self.runtimes.values())
+
+    def __len__(self) -> int:
+        return len(self.runtimes)
+
+    def get(self, name: str | None) -> ModelRuntime:
+        """The named model (or the default); an unknown name is the client's 404."""
+        rt = self.runtimes.get(name or self.default)
+        if rt is None:
+            raise ApiError(404, "unknown_model", f"no model named {name!r} (available: {', '.join(self.runtimes)})")
+        return rt

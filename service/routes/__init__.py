@@ -1,0 +1,68 @@
+"""HTTP routes, one module per resource, and what they share: the service state and the API-key check, both as
+`Annotated` dependencies so route signatures stay short."""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass, field
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from service.batching import MicroBatcher
+from service.errors import ApiError
+from service.metrics import Metrics
+from service.registry import ModelRegistry
+from service.settings import Settings
+
+
+@dataclass
+class ServiceState:
+    """Everything the routes use; `registry` and `batchers` exist once start-up has finished."""
+
+    settings: Settings
+    metrics: Metrics
+    registry: ModelRegistry | None = None
+    batchers: dict[str, MicroBatcher] = field(default_factory=dict)
+    ready: bool = False
+
+    def retry_after(self) -> dict[str, str]:
+        return {"Retry-After": str(self.settings.retry_after_s)}
+
+    def require_ready(self) -> ModelRegistry:
+        if not self.ready or self.registry is None:
+            raise ApiError(503, "not_ready", "the models are not loaded (starting up or shutting down)",
+                           self.retry_after())
+        return self.registry
+
+
+def get_state(request: Request) -> ServiceState:
+    return request.app.state.service
+
+
+State = Annotated[ServiceState, Depends(get_state)]
+
+
+def _presented_key(request: Request) -> str | None:
+    key = request.headers.get("x-api-key")
+    if key is None:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        key = token.strip() if scheme.lower() == "bearer" and token.strip() else None
+    return key
+
+
+def require_api_key(request: Request, state: State) -> None:
+    """When API keys are configured, /v1/* needs one (X-API-Key header or `Authorization: Bearer`)."""
+    keys = state.settings.api_keys
+    if not keys:
+        return
+    presented = _presented_key(request)
+    if presented is None:
+        raise ApiError(401, "missing_api_key", "this service needs an API key (X-API-Key header or Bearer token)",
+                       {"WWW-Authenticate": "Bearer"})
+    # Compare with every key, in constant time, without stopping early: timing reveals nothing about which matched.
+    matched = False
+    for key in keys:
+        matched |= hmac.compare_digest(presented.encode(), key.encode())
+    if not matched:
+        raise ApiError(401, "invalid_api_key", "the API key is not valid", {"WWW-Authenticate": "Bearer"})

@@ -1,0 +1,99 @@
+"""POST /v1/sentiment and /v1/sentiment/batch: limits, tokenization, then plain scoring through the micro-batcher
+or, when asked, the diagnostics graph in a worker thread (so plain scoring never pays for diagnostics)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+from fastapi import APIRouter, Depends
+
+from service.batching import BatcherStopped, QueueFull
+from service.errors import ApiError
+from service.routes import ServiceState, State, require_api_key
+from service.runtime import ModelRuntime, NoTokensError
+from service.schemas import BatchRequest, BatchResponse, ErrorResponse, SentimentRequest, SentimentResponse
+from service.tokenization import Encoded
+
+ERRORS = {status: {"model": ErrorResponse} for status in (401, 404, 413, 422, 500, 503)}
+router = APIRouter(prefix="/v1", tags=["sentiment"], dependencies=[Depends(require_api_key)], responses=ERRORS)
+
+
+def _check_length(state: ServiceState, text: str, where: str = "text") -> None:
+    limit = state.settings.max_text_chars
+    if len(text) > limit:
+        raise ApiError(413, "text_too_large", f"{where} has {len(text)} characters; the limit is {limit}")
+
+
+def _encode(rt: ModelRuntime, texts: list[str], truncate, where: list[str]) -> list[Encoded]:
+    encoded = rt.encode(texts, truncate)
+    for enc, name in zip(encoded, where):
+        if enc.num_tokens == 0:
+            raise ApiError(422, "no_tokens", f"{name} has nothing to score after cleaning (only markup or spaces?)")
+    return encoded
+
+
+async def _score(state: ServiceState, rt: ModelRuntime, encoded: list[Encoded]) -> np.ndarray:
+    try:
+        return await state.batchers[rt.name].submit(encoded)
+    except QueueFull as exc:
+        raise ApiError(503, "overloaded", f"too many texts waiting ({exc}); retry shortly", state.retry_after()) from exc
+    except BatcherStopped as exc:
+        raise ApiError(503, "not_ready", str(exc), state.retry_after()) from exc
+    except NoTokensError as exc:
+        raise ApiError(422, "no_tokens", str(exc)) from exc
+
+
+def _diagnose_all(state: ServiceState, rt: ModelRuntime, texts: list[str], encoded: list[Encoded],
+                  include_hidden: bool, attribution: bool) -> list[tuple[np.ndarray, dict]]:
+    cap = state.settings.max_hidden_values
+    return [rt.diagnose(text, enc, include_hidden, attribution, cap) for text, enc in zip(texts, encoded)]
+
+
+def _result(state: ServiceState, rt: ModelRuntime, enc: Encoded, probs: np.ndarray, report: dict | None) -> dict:
+    out = rt.result(enc, probs)
+    out["model"] = {"name": rt.name, "version": rt.version}
+    if report is not None:
+        out["diagnostics"] = report
+    unknown = float(np.mean(enc.ids == rt.tokenizer.unk_id))
+    state.metrics.observe_text(rt.name, out["score"], unknown)
+    return out
+
+
+async def _run(state: ServiceState, rt: ModelRuntime, texts: list[str], encoded: list[Encoded], diagnostics: bool,
+               include_hidden: bool = False, attribution: bool = False) -> list[dict]:
+    if diagnostics:
+        scored = await asyncio.to_thread(_diagnose_all, state, rt, texts, encoded, include_hidden, attribution)
+        state.metrics.tokens.labels(rt.name, rt.provider).inc(sum(e.num_tokens for e in encoded))
+        return [_result(state, rt, enc, probs, report) for enc, (probs, report) in zip(encoded, scored)]
+    probs = await _score(state, rt, encoded)
+    return [_result(state, rt, enc, row, None) for enc, row in zip(encoded, probs)]
+
+
+@router.post("/sentiment", response_model=SentimentResponse, response_model_exclude_none=True,
+             summary="Score one review")
+async def sentiment(body: SentimentRequest, state: State) -> dict:
+    rt = state.require_ready().get(body.model)
+    _check_length(state, body.text)
+    encoded = _encode(rt, [body.text], body.truncate, ["text"])
+    # include_hidden and attribution are parts of the diagnostics report, so asking for them asks for it.
+    diagnostics = body.diagnostics or body.include_hidden or body.attribution
+    results = await _run(state, rt, [body.text], encoded, diagnostics, body.include_hidden, body.attribution)
+    return results[0]
+
+
+@router.post("/sentiment/batch", response_model=BatchResponse, response_model_exclude_none=True,
+             summary="Score many reviews together")
+async def sentiment_batch(body: BatchRequest, state: State) -> dict:
+    rt = state.require_ready().get(body.model)
+    limit = state.settings.max_batch_items
+    if len(body.items) > limit:
+        raise ApiError(413, "batch_too_large", f"{len(body.items)} items; the limit is {limit} per request")
+    texts = [item.text for item in body.items]
+    for i, text in enumerate(texts):
+        _check_length(state, text, f"items[{i}].text")
+    encoded = _encode(rt, texts, body.truncate, [f"items[{i}].text" for i in range(len(texts))])
+    results = await _run(state, rt, texts, encoded, body.diagnostics)
+    for item, result in zip(body.items, results):
+        result["id"] = item.id
+    return {"results": results}

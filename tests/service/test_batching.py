@@ -1,0 +1,199 @@
+"""The micro-batcher: how it plans onnxruntime calls, that coalesced results equal unbatched ones, and its failure
+rules (full queue, failed call, cancelled request, shutdown)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+
+import numpy as np
+import pytest
+
+from service.batching import BatcherStopped, MicroBatcher, QueueFull, plan_calls
+from service.runtime import ModelRuntime, NoTokensError
+
+WORDS = "the film was great awful boring superb plot acting loved hated and it dull".split()
+
+
+@pytest.fixture(scope="module")
+def runtime(serving_root):
+    return ModelRuntime(serving_root / "tiny-lstm", intra_op_threads=1)
+
+
+class Recording:
+    """Wraps a runtime's run_batch to record the token lengths of every onnxruntime call."""
+
+    def __init__(self, runtime: ModelRuntime, fail_if=None, gate: threading.Event | None = None):
+        self.runtime, self.fail_if, self.gate, self.calls = runtime, fail_if, gate, []
+
+    def __call__(self, encoded):
+        if self.gate is not None:
+            self.gate.wait(10)
+        lengths = [e.num_tokens for e in encoded]
+        self.calls.append(lengths)
+        if self.fail_if and self.fail_if(lengths):
+            raise RuntimeError("boom")
+        return type(self.runtime).run_batch(self.runtime, encoded)
+
+
+def texts(n: int, seed: int = 0, lo: int = 1, hi: int = 60) -> list[str]:
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(lo, hi))) for _ in range(n)]
+
+
+async def run_with(runtime, coro_fn, recorder=None, **options):
+    opts = {"max_items": 16, "max_tokens": 10_000, "max_wait_ms": 20, "queue_size": 100, **options}
+    batcher = MicroBatcher(runtime, **opts)
+    if recorder is not None:
+        runtime.run_batch = recorder
+    batcher.start()
+    try:
+        return await coro_fn(batcher)
+    finally:
+        await batcher.stop()
+        runtime.__dict__.pop("run_batch", None)
+
+
+# -- planning ---------------------------------------------------------------------------------------------------------
+def test_plan_calls_respects_items_tokens_and_length_groups():
+    rng = random.Random(3)
+    items = [(k, rng.choice([1, 2, 3, 5, 8, 20, 40, 64, 200, 400])) for k in range(300)]
+    calls = plan_calls(items, max_items=32, max_tokens=4096)
+    assert sorted(k for call in calls for k, _ in call) == list(range(300))  # every item exactly once
+    previous_max = 0
+    for call in calls:
+        lengths = [n for _, n in call]
+        assert lengths == sorted(lengths) and lengths[0] >= previous_max  # shortest first
+        previous_max = lengths[-1]
+        assert len(call) <= 32
+        assert len(call) == 1 or len(call) * lengths[-1] <= 4096
+        assert lengths[-1] <= 2 * lengths[0] + 16  # no short text padded to a much longer one
+
+
+def test_plan_calls_lets_one_long_text_exceed_the_token_budget():
+    assert plan_calls([(0, 500)], max_items=8, max_tokens=100) == [[(0, 500)]]
+
+
+# -- results --------------------------------------------------------------------------------------------------------
+def test_micro_batched_results_equal_unbatched_ones(runtime):
+    batch = texts(40, seed=1)
+    encoded = runtime.encode(batch)
+    alone = np.stack([runtime.run_batch([e])[0] for e in encoded])
+    recorder = Recording(runtime)
+
+    async def scenario(batcher):
+        singles = [batcher.submit([e]) for e in encoded[:30]]
+        group = batcher.submit(encoded[30:])  # a batch request: its texts scored together, in its order
+        results = await asyncio.gather(*singles, group)
+        return np.concatenate([r for r in results])
+
+    together = asyncio.run(run_with(runtime, scenario, recorder))
+    np.testing.assert_allclose(together, alone, atol=1e-5)
+    assert len(recorder.calls) < 40 and max(map(len, recorder.calls)) > 1  # they really were coalesced
+    assert sum(map(len, recorder.calls)) == 40
+
+
+def test_short_texts_are_not_padded_to_long_ones(runtime):
+    short, long = texts(6, seed=2, lo=2, hi=4), texts(6, seed=3, lo=50, hi=60)
+    recorder = Recording(runtime)
+
+    async def scenario(batcher):
+        return await asyncio.gather(*[batcher.submit(runtime.encode([t])) for t in short + long])
+
+    asyncio.run(run_with(runtime, scenario, recorder, max_wait_ms=50))
+    for lengths in recorder.calls:
+        assert max(lengths) <= 2 * min(lengths) + 16
+    assert len(recorder.calls) == 2  # all arrived inside one wait: one call per length group
+
+
+def test_token_budget_splits_calls(runtime):
+    batch = texts(12, seed=4, lo=30, hi=30)  # 30 words each
+    recorder = Recording(runtime)
+
+    async def scenario(batcher):
+        return await batcher.submit(runtime.encode(batch))
+
+    asyncio.run(run_with(runtime, scenario, recorder, max_tokens=100))
+    assert all(len(lengths) * max(lengths) <= 100 for lengths in recorder.calls)
+    assert sum(map(len, recorder.calls)) == 12
+
+
+# -- failure rules ----------------------------------------------------------------------------------------------------
+def test_a_failed_call_fails_only_its_own_requests(runtime):
+    short, long = runtime.encode(["great fun"]), runtime.encode(texts(1, seed=5, lo=50, hi=50))
+    recorder = Recording(runtime, fail_if=lambda lengths: max(lengths) > 20)
+
+    async def scenario(batcher):
+        return await asyncio.gather(batcher.submit(short), batcher.submit(long), return_exceptions=True)
+
+    ok, failed = asyncio.run(run_with(runtime, scenario, recorder, max_wait_ms=50))
+    np.testing.assert_allclose(ok, runtime.run_batch(short), atol=1e-6)
+    assert isinstance(failed, RuntimeError) and str(failed) == "boom"
+
+
+def test_texts_without_tokens_are_refused_before_they_reach_a_call(runtime):
+    empty = runtime.encode(["<br />"])
+
+    async def scenario(batcher):
+        with pytest.raises(NoTokensError):
+            await batcher.submit(runtime.encode(["great"]) + empty)
+        return await batcher.submit(runtime.encode(["great"]))
+
+    assert asyncio.run(run_with(runtime, scenario)).shape == (1, 2)
+
+
+def test_full_queue_refuses_and_cancelled_waiters_give_their_slots_back(runtime):
+    gate = threading.Event()
+    recorder = Recording(runtime, gate=gate)
+    enc = runtime.encode(["great"])
+
+    async def scenario(batcher):
+        running = asyncio.create_task(batcher.submit(enc))
+        while not recorder.calls and not batcher._active:
+            await asyncio.sleep(0.005)
+        waiting = [asyncio.create_task(batcher.submit(enc)) for _ in range(3)]
+        await asyncio.sleep(0.01)
+        assert batcher.depth == 3
+        with pytest.raises(QueueFull):
+            await batcher.submit(enc)
+        with pytest.raises(QueueFull):  # a batch request that does not fit is refused whole
+            await batcher.submit(enc * 2)
+        waiting[0].cancel()
+        await asyncio.gather(waiting[0], return_exceptions=True)
+        assert batcher.depth == 2
+        waiting.append(asyncio.create_task(batcher.submit(enc)))
+        await asyncio.sleep(0.01)
+        gate.set()
+        results = await asyncio.gather(running, *waiting[1:])
+        assert batcher.depth == 0
+        return results
+
+    try:
+        results = asyncio.run(run_with(runtime, scenario, recorder, queue_size=3, max_wait_ms=0))
+    finally:
+        gate.set()
+    assert len(results) == 4
+    assert sum(map(len, recorder.calls)) == 4  # the cancelled text never reached the model
+
+
+def test_stop_fails_waiting_requests(runtime):
+    gate = threading.Event()
+    recorder = Recording(runtime, gate=gate)
+    enc = runtime.encode(["great"])
+
+    async def scenario(batcher):
+        tasks = [asyncio.create_task(batcher.submit(enc)) for _ in range(3)]
+        await asyncio.sleep(0.05)
+        await batcher.stop()
+        gate.set()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        with pytest.raises(BatcherStopped):
+            await batcher.submit(enc)
+        return results
+
+    try:
+        results = asyncio.run(run_with(runtime, scenario, recorder, max_wait_ms=0))
+    finally:
+        gate.set()
+    assert all(isinstance(r, BatcherStopped) for r in results)

@@ -1,0 +1,265 @@
+"""The diagnostics page (service/static/) in a real headless browser against a real uvicorn server on localhost.
+
+Uses Debian's chromium (/usr/bin/chromium, installed with apt-get on first use when missing) through the playwright
+Python package (dev extra); no browser is ever downloaded. Every request the page makes must stay on localhost.
+A screenshot of the analysed review goes to test-artifacts/page.png.
+
+The README's screenshot is taken the same way against a running service (use the shipped model):
+
+    sentiment-serve --port 8000 &
+    .venv/bin/python tests/service/test_page.py http://127.0.0.1:8000/ docs/screenshot.png "$(cat review.txt)"
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+LOCAL_HOSTS = {"127.0.0.1", "localhost", "[::1]", "::1"}
+MAX_TEXT_CHARS = 5_000  # the test server's limit, so the over-long review stays small
+REVIEW = ("The first hour is slow and the dialogue is clumsy, but the last act is brilliant: tense, funny and "
+          "beautifully shot. Worth the wait.")
+TIMEOUT_MS = 15_000
+
+
+def _install_chromium() -> str | None:
+    """None once /usr/bin/chromium exists (apt-get installs it when we are root), else why it cannot."""
+    if Path(CHROMIUM).exists():
+        return None
+    if shutil.which("apt-get") is None or os.geteuid() != 0:
+        return f"{CHROMIUM} is missing and cannot be installed here (needs apt-get as root)"
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    install = ["apt-get", "install", "-y", "-q", "chromium"]
+    reason = "apt-get did not install it"
+    for steps in ([install], [["apt-get", "update", "-q"], install]):  # refresh the package lists only if needed
+        try:
+            for cmd in steps:
+                subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=900)
+        except subprocess.CalledProcessError as exc:
+            reason = f"`{' '.join(exc.cmd)}` failed: {exc.stderr.decode(errors='replace')[-300:]}"
+        except subprocess.TimeoutExpired as exc:
+            reason = f"`{' '.join(exc.cmd)}` took over {exc.timeout} s"
+        if Path(CHROMIUM).exists():
+            return None
+    return f"{CHROMIUM} is missing and could not be installed ({reason})"
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    """A headless chromium driven by playwright (module-independent, shared by the session)."""
+    playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[dev]')")
+    reason = _install_chromium()
+    if reason:
+        pytest.skip(reason)
+    with playwright_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def live_server(make_settings):
+    """uvicorn in a thread on a free localhost port, serving the three test models (tiny-lstm is the default)."""
+    import uvicorn
+
+    from service.app import create_app
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    app = create_app(make_settings(max_text_chars=MAX_TEXT_CHARS))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            pytest.fail("the test server did not start")
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(15)
+    sock.close()
+
+
+@contextmanager
+def guarded_page(browser, url: str, width: int = 1200, height: int = 900):
+    """A fresh page on `url` once the model list has arrived; fails if the page requested anything off localhost or
+    threw a JavaScript error."""
+    context = browser.new_context(viewport={"width": width, "height": height})
+    context.set_default_timeout(TIMEOUT_MS)
+    outside, errors = [], []
+
+    def gate(route):
+        if urlsplit(route.request.url).hostname in LOCAL_HOSTS:
+            route.continue_()
+        else:
+            outside.append(route.request.url)
+            route.abort()
+
+    context.route("**/*", gate)
+    pg = context.new_page()
+    pg.on("pageerror", lambda exc: errors.append(str(exc)))
+    try:
+        pg.goto(url)
+        pg.wait_for_selector("#model-info dd >> text=%")  # validation accuracy shown: /v1/models answered
+        yield pg
+    finally:
+        context.close()
+    assert outside == [], f"the page requested non-local URLs: {outside}"
+    assert errors == [], f"JavaScript errors on the page: {errors}"
+
+
+@pytest.fixture
+def page(chromium, live_server):
+    with guarded_page(chromium, live_server + "/") as pg:
+        yield pg
+
+
+def analyse(pg, text: str = REVIEW, *, attribution: bool = False) -> None:
+    pg.fill("#text", text)
+    pg.set_checked("#attribution", attribution)
+    pg.click("#submit")
+    pg.wait_for_selector("#status:text-matches('^Done')")  # (not wait_for_function: the page's CSP forbids eval)
+
+
+def test_page_shows_the_api_result_and_draws_every_chart(page, live_server):
+    analyse(page)
+    api = httpx.post(live_server + "/v1/sentiment", json={"text": REVIEW, "diagnostics": True}, timeout=30).json()
+    n, report = api["num_tokens"], api["diagnostics"]
+
+    assert page.inner_text("#verdict-label").lower() == api["label"]
+    assert abs(float(page.inner_text("#verdict-score")) - api["score"]) <= 0.0005 + 1e-6
+    assert page.inner_text("#token-count") == str(n)
+    assert page.locator("#token-strip .tok").count() == n
+    # Running score: one line through every token, the final score and label at its end.
+    assert page.locator("#score-chart path.series").get_attribute("d").count("L") == n - 1
+    assert api["label"] in page.text_content("#score-chart .end-label")
+    # Gate saturation: one bar per layer, direction and gate; the forget gate over time: one line per layer/direction.
+    assert page.locator("#saturation-chart rect.bar").count() == len(report["layers"]) * len(report["gates"])
+    assert page.input_value("#gate-select") == "forget"
+    assert page.locator("#gate-chart path.series").count() == len(report["layers"])
+    # Heatmap: drawn on the canvas (not blank), one column per token.
+    heat = page.locator("#heatmap")
+    assert heat.get_attribute("data-drawn") == "true"
+    assert heat.get_attribute("data-columns") == str(n)
+    coloured = page.evaluate("""() => {
+        const c = document.getElementById('heatmap');
+        const px = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        let k = 0;
+        for (let i = 0; i < px.length; i += 4) if (px[i + 3] > 0 && (px[i] < 240 || px[i + 2] < 240)) k++;
+        return k;
+    }""")
+    assert coloured > 1000
+    # Text alternatives: each SVG chart is a named image, the canvas has a description.
+    for chart in ("#score-chart", "#saturation-chart", "#gate-chart"):
+        svg = page.locator(f"{chart} svg")
+        assert svg.get_attribute("role") == "img" and svg.get_attribute("aria-labelledby")
+    assert "tokens" in page.text_content("#score-chart desc")
+    assert heat.get_attribute("aria-label").startswith("Heatmap of the")
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "page.png"), full_page=True)
+
+
+def test_tokens_are_reachable_by_keyboard_and_show_their_numbers(page):
+    analyse(page)
+    page.focus("#text")
+    for _ in range(40):  # Tab through the form and the top-token buttons to the strip's one tab stop
+        page.keyboard.press("Tab")
+        if page.evaluate("document.activeElement.classList.contains('tok')"):
+            break
+    assert page.evaluate("document.activeElement.dataset.index") == "0"
+    page.keyboard.press("ArrowRight")
+    assert page.evaluate("document.activeElement.dataset.index") == "1"
+    focused = page.locator("#token-strip .tok:focus")
+    assert "Running score" in focused.get_attribute("aria-label")
+    assert page.evaluate("getComputedStyle(document.activeElement).outlineStyle") != "none"
+    tip = page.locator("#token-tip")
+    assert tip.is_visible() and "Score before → after" in tip.inner_text() and "forget" in tip.inner_text()
+    assert page.locator("#score-chart .cursor").get_attribute("visibility") == "visible"
+    page.keyboard.press("End")
+    assert page.evaluate("document.activeElement.dataset.index") == str(page.locator("#token-strip .tok").count() - 1)
+
+
+def test_attribution_toggle_colours_tokens_by_occlusion(page):
+    analyse(page, attribution=True)
+    assert page.locator("#colour-by").is_visible()
+    assert "Occlusion attribution" in page.locator("#token-strip .tok").first.get_attribute("aria-label")
+    page.check('input[name="colour-by"][value="attribution"]')
+    assert "occlusion attribution" in page.inner_text("#token-legend")
+    assert "Coloured by attribution" in page.locator("#token-strip .tok").first.get_attribute("aria-label")
+
+
+def test_truncated_review_says_so_and_marks_the_skipped_part(page):
+    analyse(page, "Great start. " + "The plot drags on and nothing happens. " * 20 + "In the end it was wonderful.")
+    assert page.inner_text("#token-count") == "64"  # the tiny model reads 64 tokens: the first 16 and the last 48
+    assert "longer than the model reads" in page.inner_text("#truncated-note")
+    assert "not read by the model" in page.inner_text("#token-strip .skipped")
+    assert page.locator("#heatmap").get_attribute("data-columns") == "64"
+
+
+def test_api_errors_are_shown_in_plain_words(page):
+    page.fill("#text", "   ")
+    page.click("#submit")
+    error = page.locator("#error")
+    error.wait_for(state="visible")
+    assert error.get_attribute("role") == "alert"
+    assert "The review is empty" in error.inner_text()
+
+    page.fill("#text", "x" * (MAX_TEXT_CHARS + 1))
+    page.click("#submit")
+    page.wait_for_selector("#error:has-text('too long')")
+    assert f"the limit is {MAX_TEXT_CHARS:,}" in error.inner_text()
+    assert "HTTP 413" in error.inner_text()  # the technical detail stays, below the plain message
+
+
+def test_model_picker_switches_to_a_gru(page):
+    picker = page.locator("#model")
+    assert picker.is_visible() and picker.locator("option").count() == 3
+    page.select_option("#model", "gru-uni-meanmax-1")
+    assert "GRU" in page.inner_text("#model-info")
+    analyse(page)
+    assert "gru-uni-meanmax-1" in page.inner_text("#verdict-model")
+    assert page.input_value("#gate-select") == "update"
+    assert page.locator("#gate-chart path.series").count() == 1  # one layer, one direction
+
+
+def test_narrow_screen_has_no_sideways_scroll(chromium, live_server):
+    with guarded_page(chromium, live_server + "/", width=360, height=740) as pg:
+        analyse(pg)
+        assert pg.evaluate("document.documentElement.scrollWidth") <= 360
+        assert pg.locator("#score-chart svg").bounding_box()["width"] <= 360
+
+
+def take_screenshot(url: str, out: str, text: str = REVIEW, width: int = 1200) -> None:
+    """Analyse `text` (with attribution) on a running service and save a full-page screenshot, with the tooltip of
+    the token "brilliant" (else the first token) open."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        with guarded_page(browser, url, width) as pg:
+            analyse(pg, text, attribution=True)
+            token = pg.locator("#token-strip .tok", has_text="brilliant")
+            (token if token.count() else pg.locator("#token-strip .tok")).first.focus()
+            pg.screenshot(path=out, full_page=True)
+        browser.close()
+
+
+if __name__ == "__main__":  # URL OUT [TEXT]
+    take_screenshot(*sys.argv[1:4])
