@@ -15,6 +15,9 @@ from service.settings import Settings
 
 log = logging.getLogger("sentiment.registry")
 
+# The shipped default (exported/imdb-lstm): served by default when present and no default is configured.
+SHIPPED_DEFAULT = "imdb-lstm"
+
 
 class ModelRegistry:
     def __init__(self, runtimes: list[ModelRuntime], default: str | None = None):
@@ -29,7 +32,7 @@ class ModelRegistry:
         if default is not None and default not in self.runtimes:
             raise ArtifactError(f"default model {default!r} is not among the loaded models "
                                 f"({', '.join(self.runtimes)})")
-        self.default = default or min(self.runtimes)
+        self.default = default or (SHIPPED_DEFAULT if SHIPPED_DEFAULT in self.runtimes else min(self.runtimes))
 
     @classmethod
     def load(cls, settings: Settings) -> ModelRegistry:
