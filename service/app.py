@@ -16,6 +16,7 @@ from pathlib import Path
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
+from starlette.routing import Match, Mount
 
 from service import errors
 from service.batching import MicroBatcher
@@ -39,6 +40,21 @@ def _start(state: ServiceState, registry: ModelRegistry) -> None:
         state.metrics.model_info.labels(rt.name, rt.version, rt.provider).set(1)
         state.metrics.queue_depth.labels(rt.name).set(0)
     state.ready = True
+
+
+class PageMount(Mount):
+    """The page's files at / for every path the API does not own. A path the API owns never reaches the file
+    server, so a wrong method there is the API's 405 listing its real methods (`Allow: POST`), not the file server's
+    404 or a 405 claiming `Allow: GET, HEAD`."""
+
+    def __init__(self, app, api_routes: list):
+        super().__init__("/", app=app, name="static")
+        self.api_routes = api_routes
+
+    def matches(self, scope):
+        if any(route.matches(scope)[0] != Match.NONE for route in self.api_routes):
+            return Match.NONE, {}
+        return super().matches(scope)
 
 
 def create_app(settings: Settings | None = None, registry: ModelRegistry | None = None) -> FastAPI:
@@ -67,7 +83,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
         app.include_router(module.router)
     # The web page (owned elsewhere) is served at / when present; mounted last so the API routes match first.
     if STATIC_DIR.is_dir():
-        app.mount("/", StaticFiles(directory=STATIC_DIR, html=True), name="static")
+        app.router.routes.append(PageMount(StaticFiles(directory=STATIC_DIR, html=True), list(app.router.routes)))
     # add_middleware puts each new one outside the previous: the body limit runs innermost, CORS outermost.
     app.add_middleware(errors.BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(errors.CatchAllMiddleware)

@@ -7,9 +7,9 @@ and a padded-token budget (items x longest). A call also ends where lengths jump
 nor is padded to, a long one. Calls run in a single background thread, off the event loop; results go back in each
 job's own order.
 
-Failure rules: a full queue is refused at once (`QueueFull`, the route answers 503 + Retry-After); an exception
-inside onnxruntime fails only the jobs in that call; a job whose request was cancelled (client gone) gives its
-queue slots back and is skipped.
+Failure rules: a full queue is refused at once (`QueueFull`, the route answers 503 + Retry-After; a job bigger
+than the whole queue is taken when the queue is empty); an exception inside onnxruntime fails only the jobs in that
+call; a job whose request was cancelled (client gone) gives its queue slots back and is skipped.
 """
 
 from __future__ import annotations
@@ -42,7 +42,9 @@ class BatcherStopped(RuntimeError):
     """The service is shutting down."""
 
 
-@dataclass
+# eq=False: jobs are compared by identity. The generated __eq__ would compare token-id arrays, which raises for
+# arrays of 2+ tokens, so `deque.remove` of a cancelled job failed and its queue slots stayed taken.
+@dataclass(eq=False)
 class _Job:
     encoded: list[Encoded]
     future: asyncio.Future
@@ -128,7 +130,9 @@ class MicroBatcher:
             return np.empty((0, len(self.runtime.labels)), dtype=np.float32)
         if any(e.num_tokens < 1 for e in encoded):
             raise NoTokensError("text has no tokens after cleaning")  # would fail everyone else's call
-        if self._waiting + len(encoded) > self.queue_size:
+        # A job bigger than the whole queue (a batch request over `queue_size` texts) gets in when nothing waits:
+        # refusing it "until the queue drains" would refuse it forever.
+        if self._waiting and self._waiting + len(encoded) > self.queue_size:
             raise QueueFull(f"{self._waiting} texts are already waiting (queue size {self.queue_size})")
         job = _Job(encoded, asyncio.get_running_loop().create_future(), remaining=len(encoded))
         self._jobs.append(job)

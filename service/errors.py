@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 log = logging.getLogger("sentiment.errors")
 
 # Custom validation error types raised by the schemas; they become the error code as they are.
-SCHEMA_CODES = {"empty_text"}
+SCHEMA_CODES = {"empty_text", "invalid_text"}
 _HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
                413: "too_large", 415: "unsupported_media_type", 503: "unavailable"}
 
@@ -68,6 +68,11 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # FastAPI answers 400 when the body cannot even be decoded; to the client that is the same mistake as
+        # malformed JSON, so it gets the same (documented) 422 and code.
+        if exc.status_code == 400 and isinstance(exc.__cause__, (UnicodeDecodeError, RecursionError)):
+            reason = "not UTF-8" if isinstance(exc.__cause__, UnicodeDecodeError) else "nested too deeply"
+            return error_response(422, "invalid_json", f"request body is not valid JSON ({reason})")
         code = _HTTP_CODES.get(exc.status_code, "http_error")
         message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
         if exc.status_code == 404:

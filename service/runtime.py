@@ -84,7 +84,9 @@ class ModelRuntime:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = intra_op_threads
         opts.inter_op_num_threads = inter_op_threads
-        opts.log_severity_level = 3
+        # Fatal only: every onnxruntime error also reaches Python as an exception, which we log or report once;
+        # its own copy would be a second, raw line (e.g. before sentiment-serve's one-line start-up error).
+        opts.log_severity_level = 4
         self.providers = select_providers(providers, ort.get_available_providers())
         self.session = self._session("model.onnx", opts)
         self.diagnostics_session = self._session("diagnostics.onnx", opts)

@@ -7,6 +7,7 @@ items) are checked in the routes, because they answer 413 rather than 422.
 
 from __future__ import annotations
 
+import unicodedata
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
@@ -15,13 +16,27 @@ from pydantic_core import PydanticCustomError
 Truncate = Literal["head", "tail", "head_tail"]
 
 
-def _not_blank(text: str) -> str:
-    if not text.strip():
-        raise PydanticCustomError("empty_text", "text is empty or only whitespace")
+def _unicode(text: str) -> str:
+    # JSON can carry lone surrogates ("\ud800"), which are not Unicode text: neither the tokenizer nor the UTF-8
+    # response (an echoed id) can take them.
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise PydanticCustomError("invalid_text", "not valid Unicode (a lone surrogate at character {position})",
+                                  {"position": exc.start}) from None
     return text
 
 
-Text = Annotated[str, AfterValidator(_not_blank)]
+def _not_blank(text: str) -> str:
+    # Invisible format characters (zero-width space, BOM, direction marks) count as blank, like whitespace.
+    if all(c.isspace() or unicodedata.category(c) == "Cf" for c in text):
+        raise PydanticCustomError("empty_text", "text is empty or only whitespace or invisible characters")
+    return text
+
+
+Unicode = Annotated[str, AfterValidator(_unicode)]
+Text = Annotated[str, AfterValidator(_unicode), AfterValidator(_not_blank)]
+
 
 class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
@@ -41,7 +56,7 @@ class SentimentRequest(_Request):
 
 
 class BatchItem(_Request):
-    id: str | None = Field(None, description="echoed back with the item's result")
+    id: Unicode | None = Field(None, description="echoed back with the item's result")
     text: Text
 
 

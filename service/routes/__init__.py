@@ -25,6 +25,7 @@ class ServiceState:
     registry: ModelRegistry | None = None
     batchers: dict[str, MicroBatcher] = field(default_factory=dict)
     ready: bool = False
+    diagnosing: int = 0  # texts in (or waiting for) a diagnostics worker thread
 
     def retry_after(self) -> dict[str, str]:
         return {"Retry-After": str(self.settings.retry_after_s)}

@@ -1,12 +1,17 @@
 """POST /v1/sentiment and /v1/sentiment/batch: limits, tokenization, then plain scoring through the micro-batcher
-or, when asked, the diagnostics graph in a worker thread (so plain scoring never pays for diagnostics)."""
+or, when asked, the diagnostics graph in a worker thread (so plain scoring never pays for diagnostics).
+
+Both paths are bounded by `queue_size`: past it a request gets 503 at once instead of waiting in an unbounded line.
+A client that disconnects while its texts wait for the model takes them out of the queue: nobody would read the
+result, and under overload abandoned requests would otherwise hold slots that live clients need.
+"""
 
 from __future__ import annotations
 
 import asyncio
 
 import numpy as np
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 
 from service.batching import BatcherStopped, QueueFull
 from service.errors import ApiError
@@ -33,9 +38,34 @@ def _encode(rt: ModelRuntime, texts: list[str], truncate, where: list[str]) -> l
     return encoded
 
 
-async def _score(state: ServiceState, rt: ModelRuntime, encoded: list[Encoded]) -> np.ndarray:
+async def _client_gone(request: Request) -> None:
+    """Returns when the client closes its connection. The body is already read, so the server's next message is
+    `http.disconnect` (uvicorn sends it when the connection drops, or once the response is complete)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _submit_unless_gone(request: Request, state: ServiceState, rt: ModelRuntime,
+                              encoded: list[Encoded]) -> np.ndarray:
+    """The batcher's result, or 499 if the client left first: cancelling the submit gives its queue slots back
+    (see MicroBatcher.submit)."""
+    work = asyncio.ensure_future(state.batchers[rt.name].submit(encoded))
+    gone = asyncio.ensure_future(_client_gone(request))
     try:
-        return await state.batchers[rt.name].submit(encoded)
+        await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:  # result, client gone or this request cancelled: stop the other task and let it clean up first
+        work.cancel()
+        gone.cancel()
+        await asyncio.gather(work, gone, return_exceptions=True)
+    if work.cancelled():
+        # Nobody reads this answer; it is there for the metrics (nginx's "client closed request").
+        raise ApiError(499, "client_closed_request", "the client closed the connection before its result was ready")
+    return work.result()
+
+
+async def _score(request: Request, state: ServiceState, rt: ModelRuntime, encoded: list[Encoded]) -> np.ndarray:
+    try:
+        return await _submit_unless_gone(request, state, rt, encoded)
     except QueueFull as exc:
         raise ApiError(503, "overloaded", f"too many texts waiting ({exc}); retry shortly", state.retry_after()) from exc
     except BatcherStopped as exc:
@@ -60,31 +90,45 @@ def _result(state: ServiceState, rt: ModelRuntime, enc: Encoded, probs: np.ndarr
     return out
 
 
-async def _run(state: ServiceState, rt: ModelRuntime, texts: list[str], encoded: list[Encoded], diagnostics: bool,
-               include_hidden: bool = False, attribution: bool = False) -> list[dict]:
+async def _diagnose(state: ServiceState, rt: ModelRuntime, texts: list[str], encoded: list[Encoded],
+                    include_hidden: bool, attribution: bool) -> list[tuple[np.ndarray, dict]]:
+    """The diagnostics graph in a worker thread; at most `queue_size` texts at once, like the batcher's queue, so
+    a flood of (expensive) diagnostics requests gets 503s instead of an ever longer wait for a thread."""
+    if state.diagnosing and state.diagnosing + len(texts) > state.settings.queue_size:  # as MicroBatcher.submit
+        raise ApiError(503, "overloaded", f"too many diagnostics texts in progress ({state.diagnosing}, queue size "
+                                          f"{state.settings.queue_size}); retry shortly", state.retry_after())
+    state.diagnosing += len(texts)
+    try:
+        return await asyncio.to_thread(_diagnose_all, state, rt, texts, encoded, include_hidden, attribution)
+    finally:
+        state.diagnosing -= len(texts)
+
+
+async def _run(request: Request, state: ServiceState, rt: ModelRuntime, texts: list[str], encoded: list[Encoded],
+               diagnostics: bool, include_hidden: bool = False, attribution: bool = False) -> list[dict]:
     if diagnostics:
-        scored = await asyncio.to_thread(_diagnose_all, state, rt, texts, encoded, include_hidden, attribution)
+        scored = await _diagnose(state, rt, texts, encoded, include_hidden, attribution)
         state.metrics.tokens.labels(rt.name, rt.provider).inc(sum(e.num_tokens for e in encoded))
         return [_result(state, rt, enc, probs, report) for enc, (probs, report) in zip(encoded, scored)]
-    probs = await _score(state, rt, encoded)
+    probs = await _score(request, state, rt, encoded)
     return [_result(state, rt, enc, row, None) for enc, row in zip(encoded, probs)]
 
 
 @router.post("/sentiment", response_model=SentimentResponse, response_model_exclude_none=True,
              summary="Score one review")
-async def sentiment(body: SentimentRequest, state: State) -> dict:
+async def sentiment(body: SentimentRequest, state: State, request: Request) -> dict:
     rt = state.require_ready().get(body.model)
     _check_length(state, body.text)
     encoded = _encode(rt, [body.text], body.truncate, ["text"])
     # include_hidden and attribution are parts of the diagnostics report, so asking for them asks for it.
     diagnostics = body.diagnostics or body.include_hidden or body.attribution
-    results = await _run(state, rt, [body.text], encoded, diagnostics, body.include_hidden, body.attribution)
+    results = await _run(request, state, rt, [body.text], encoded, diagnostics, body.include_hidden, body.attribution)
     return results[0]
 
 
 @router.post("/sentiment/batch", response_model=BatchResponse, response_model_exclude_none=True,
              summary="Score many reviews together")
-async def sentiment_batch(body: BatchRequest, state: State) -> dict:
+async def sentiment_batch(body: BatchRequest, state: State, request: Request) -> dict:
     rt = state.require_ready().get(body.model)
     limit = state.settings.max_batch_items
     if len(body.items) > limit:
@@ -93,7 +137,7 @@ async def sentiment_batch(body: BatchRequest, state: State) -> dict:
     for i, text in enumerate(texts):
         _check_length(state, text, f"items[{i}].text")
     encoded = _encode(rt, texts, body.truncate, [f"items[{i}].text" for i in range(len(texts))])
-    results = await _run(state, rt, texts, encoded, body.diagnostics)
+    results = await _run(request, state, rt, texts, encoded, body.diagnostics)
     for item, result in zip(body.items, results):
         result["id"] = item.id
     return {"results": results}

@@ -115,5 +115,9 @@ def test_static_page_is_mounted_after_the_api(make_client, tmp_path, monkeypatch
         assert c.get("/").text == "<h1>page</h1>"
         assert c.get("/healthz").json() == {"status": "ok"}  # the API still wins
         assert c.post("/v1/sentiment", json={"text": "great"}).status_code == 200
-        for missing in (c.get("/nothing-here.js"), c.get("/v1/sentiment")):
-            assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+        missing = c.get("/nothing-here.js")
+        assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+        # A path the API owns never falls through to the page: a wrong method is the API's 405, naming its method.
+        wrong = c.get("/v1/sentiment")
+        assert wrong.status_code == 405 and wrong.json()["error"]["code"] == "method_not_allowed"
+        assert wrong.headers["allow"] == "POST"
