@@ -14,7 +14,6 @@ sequence shifted by one step), every gate is one batched matmul over all time st
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import shlex
 import subprocess
@@ -28,6 +27,7 @@ import onnx
 import torch
 from onnx import TensorProto
 
+from service.artifacts import sha256_of
 from training import model_card
 from training.cells import GATE_NAMES
 from training.config import ModelConfig, TrainConfig
@@ -182,14 +182,6 @@ class _Exporter:
         return hidden, g.op("Transpose", stacked, perm=[1, 0, 2, 3, 4], name=f"gates_{li}")
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def source_commit() -> str:
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
@@ -255,7 +247,7 @@ def export_model(model: RecurrentClassifier, tokenizer_json: str, out: Path, *, 
     }
     manifest["files"] = {}
     model_card.write(out, manifest, comparison, notes)
-    manifest["files"] = {p.name: {"sha256": file_sha256(p), "bytes": p.stat().st_size}
+    manifest["files"] = {p.name: {"sha256": sha256_of(p), "bytes": p.stat().st_size}
                          for p in sorted(out.iterdir()) if p.is_file() and p.name != "manifest.json"}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
