@@ -13,10 +13,11 @@ import onnx
 import pytest
 import torch
 
+from service.artifacts import sha256_of
 from service.tokenization import TextTokenizer
 from training.cells import GATE_NAMES, reference_layer
 from training.config import ModelConfig, TrainConfig
-from training.export import export_model, file_sha256, load_run, train_command
+from training.export import export_model, load_run, train_command
 from training.models import RecurrentClassifier
 from training.tokenizer import build_tokenizer
 from training.train import parse_config
@@ -246,7 +247,7 @@ def test_manifest_hashes_match_the_files(tiny_artifact):
     assert {"model.onnx", "diagnostics.onnx", "weights.bin", "tokenizer.json"} <= on_disk
     for name, entry in manifest["files"].items():
         path = tiny_artifact / name
-        assert entry["sha256"] == file_sha256(path)
+        assert entry["sha256"] == sha256_of(path)
         assert entry["bytes"] == path.stat().st_size
 
 
