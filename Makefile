@@ -50,3 +50,12 @@ gpu-check:
 .PHONY: test-container
 test-container:
 	bash tests/container/run.sh
+
+# Load test: 64 clients for 30 s (short/long texts, some diagnostics and batch requests) against a sentiment-serve it
+# starts on loopback; prints the JSON report and writes benchmarks/load_results.json (figures in RELIABILITY.md).
+# LOAD_MODEL_DIR=DIR make load runs it against another artifact (or folder of them) than exported/.
+LOAD_MODEL_DIR ?= exported
+.PHONY: load
+load: venv
+	$(BIN)/python -m benchmarks.load --clients 64 --duration 30 --warmup 5 --model-dir $(LOAD_MODEL_DIR) \
+		--out benchmarks/load_results.json

@@ -29,6 +29,10 @@ PROVIDER_ALIASES = {
 }
 
 
+# Padded tokens per onnxruntime call when computing occlusion attribution (see ModelRuntime.occlusion).
+OCCLUSION_TOKENS = 8_192
+
+
 class ProviderError(ValueError):
     """Requested execution providers that this onnxruntime build cannot give."""
 
@@ -176,9 +180,15 @@ class ModelRuntime:
         return outputs["probabilities"][0], report
 
     def occlusion(self, enc: Encoded) -> np.ndarray:
-        """P(positive) with each token in turn replaced by [UNK]: one batched call of T masked copies."""
+        """P(positive) with each token in turn replaced by [UNK]: the T masked copies, scored in calls of at most
+        OCCLUSION_TOKENS padded tokens. One call of all T x T would hold onnxruntime buffers that grow with T^2
+        (over 1 GB for a 400-token review of the shipped model), and its arena keeps them."""
         n = enc.num_tokens
         ids = np.tile(enc.ids, (n, 1))
         ids[np.arange(n), np.arange(n)] = self.tokenizer.unk_id
-        feed = {"input_ids": ids, "lengths": np.full(n, n, dtype=np.int64)}
-        return self.session.run(["probabilities"], feed)[0][:, self.positive]
+        rows = max(1, OCCLUSION_TOKENS // n)
+        out = np.empty(n, dtype=np.float32)
+        for start in range(0, n, rows):
+            feed = {"input_ids": ids[start:start + rows], "lengths": np.full(len(ids[start:start + rows]), n, np.int64)}
+            out[start:start + rows] = self.session.run(["probabilities"], feed)[0][:, self.positive]
+        return out

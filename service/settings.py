@@ -22,7 +22,8 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SENTIMENT_", extra="ignore", frozen=True)
 
     model_root: Path = Field(DEFAULT_MODEL_ROOT, description="an artifact directory, or a folder of them")
-    default_model: str | None = Field(None, description="model used when a request names none (default: imdb-lstm when served, else the first by name)")
+    default_model: str | None = Field(None, description="model used when a request names none (default: imdb-lstm "
+                                                        "when served, else the first by name)")
     providers: CsvList = Field(default_factory=list, description="execution providers in priority order, e.g. cuda,cpu; "
                                                                  "empty: CUDA when onnxruntime offers it, else CPU")
     # One thread per call by default: a recurrent step is a small matmul that threads barely speed up, and the

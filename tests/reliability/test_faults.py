@@ -197,8 +197,10 @@ def test_sigterm_drains_in_flight_requests_refuses_new_ones_and_exits_0(model_ro
                         break
                     assert time.monotonic() - stopped < 2, "still accepting connections 2 s after SIGTERM"
                     await asyncio.sleep(0.02)
+                refused_after = time.monotonic() - stopped
                 pending = sum(not t.done() for t in tasks)
                 assert pending >= 5, f"only {pending} requests were still in flight when new ones were refused"
+                print(f"SIGTERM: new connections refused after {refused_after:.2f} s with {pending} requests in flight")
                 return stopped, await asyncio.gather(*tasks)
 
         stopped, responses = asyncio.run(scenario())
@@ -208,6 +210,7 @@ def test_sigterm_drains_in_flight_requests_refuses_new_ones_and_exits_0(model_ro
         assert "tokens" in responses[-1].json()["diagnostics"]
         assert proc.wait(timeout=DRAIN_TIMEOUT_S + 5) == 0
         took = time.monotonic() - stopped
+        print(f"SIGTERM: all {len(responses)} answered 200, exit 0 after {took:.1f} s (drain timeout {DRAIN_TIMEOUT_S} s)")
         assert took < DRAIN_TIMEOUT_S, f"exit took {took:.1f} s"
         log = proc.stdout.read().decode()
         assert "Traceback" not in log and "timeout graceful shutdown exceeded" not in log, log

@@ -64,6 +64,7 @@ def test_excess_requests_get_503_at_once_and_the_service_recovers(live_server):
                     assert response.headers["retry-after"] == str(RETRY_AFTER)
                     assert seconds < AT_ONCE_S, f"a refusal took {seconds:.2f} s"
                 assert not any(t.done() for t in admitted)  # the admitted ones are still waiting, not failed
+                print(f"overload: {len(refused)} refused with 503, slowest refusal {max(s for _, s in refused):.3f} s")
 
                 gate.set()
                 for response in await asyncio.gather(*admitted):

@@ -47,7 +47,9 @@ def test_every_route_but_the_public_ones_needs_a_key(keyed):
     assert {p for _, p in guarded} >= {"/v1/sentiment", "/v1/sentiment/batch", "/v1/models"}
     assert all(p.startswith("/v1/") for _, p in guarded), guarded  # scoring lives under /v1, nowhere else
     for method, path in guarded:
-        call = lambda **headers: keyed.request(method, path, json=BODIES.get(path), headers=headers)  # noqa: E731
+        def call(method=method, path=path, **headers):
+            return keyed.request(method, path, json=BODIES.get(path), headers=headers)
+
         for response, code in ((call(), "missing_api_key"), (call(**{"x-api-key": WRONG}), "invalid_api_key"),
                                (call(authorization=f"Bearer {WRONG}"), "invalid_api_key"),
                                (call(authorization=f"Basic {KEYS[0]}"), "missing_api_key"),
