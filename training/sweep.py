@@ -75,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
                          "per_epoch_val_accuracy": [round(r["val_accuracy"], 4) for r in metrics["history"]]}
         results_path.write_text(json.dumps(results, indent=2))
         (run / "prepared.pt").unlink()
-    lines = ["| variant | cell | directions | embeddings | clipping | val accuracy | train time (s) | max grad norm |",
+    lines = ["| variant | cell | directions | embeddings | clipping | val accuracy | train time (s) "
+             "| max grad norm (before clipping) |",
              "|---|---|---|---|---|---|---|---|"]
     for name, r in results.items():
         lines.append(f"| {name} | {r['cell']} | {2 if r['bidirectional'] else 1} | {r['embeddings']} | "
