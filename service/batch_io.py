@@ -230,7 +230,7 @@ class ParquetReader(Reader):
     """Row groups are read a batch at a time; a resumed job skips whole row groups without reading them."""
 
     def __init__(self, path: str, wanted: Iterable[str]):
-        import pyarrow as pa
+        pa = _pyarrow()
         import pyarrow.parquet as pq
 
         if path == "-":
@@ -264,6 +264,14 @@ class ParquetReader(Reader):
                 number += 1
                 if number > skip:
                     yield InputRow(number, {name: values[i] for name, values in columns.items()})
+
+
+def _pyarrow():
+    try:
+        import pyarrow
+    except ImportError:  # the base install has no pyarrow: it is the `parquet` extra
+        raise InputError("Parquet needs pyarrow: pip install 'imdb-sentiment[parquet]'") from None
+    return pyarrow
 
 
 def open_input(path: str) -> BinaryIO:
@@ -506,8 +514,7 @@ class ParquetWriter(Writer):
         if path == "-":
             raise InputError("Parquet cannot be written to stdout; pass --output FILE.parquet")
         super().__init__(path, columns)
-        import pyarrow as pa
-
+        pa = _pyarrow()
         self.pa = pa
         self.parts = Path(path + ".parts")
         self.done = 0

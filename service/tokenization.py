@@ -68,7 +68,8 @@ class TextTokenizer:
         n = len(enc.ids)
         keep = kept_positions(n, self.max_tokens, truncation or self.truncation, self.head_tokens)
         ids = np.asarray(enc.ids, dtype=np.int64)[keep] if n else np.zeros(0, dtype=np.int64)
-        return Encoded(ids, [enc.offsets[i] for i in keep], n, len(keep) < n)
+        offsets = enc.offsets  # each attribute access rebuilds the whole list: read it once, not once per token
+        return Encoded(ids, [offsets[i] for i in keep], n, len(keep) < n)
 
     def encode(self, text: str, truncation: Truncation | None = None) -> Encoded:
         return self._finish(self.tokenizer.encode(text, add_special_tokens=False), truncation)

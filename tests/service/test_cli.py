@@ -536,3 +536,10 @@ def test_parquet_values_json_cannot_hold_are_written_as_text(tiny_artifact, tmp_
     assert run(tiny_artifact, tmp_path / "in.parquet", "-o", out, "--keep-fields", "seen,price") == 0
     assert "café" not in out.read_text(encoding="utf-8")  # the text itself is not copied unless asked
     assert [(r["seen"], r["price"]) for r in read_output(out, "jsonl")] == [("2024-05-01", "1.50"), (None, None)]
+
+
+def test_parquet_without_pyarrow_is_a_clear_error(tiny_artifact, tmp_path, monkeypatch, capsys):
+    src = write_input(tmp_path / "in.jsonl", REVIEWS[:2], "jsonl")
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # as in the base install, which has no pyarrow
+    assert run(tiny_artifact, src, "-o", tmp_path / "out.parquet") == 2
+    assert "pip install 'imdb-sentiment[parquet]'" in capsys.readouterr().err
