@@ -26,8 +26,13 @@ def _r(values: np.ndarray, digits: int = 6) -> list:
     return np.round(values.astype(np.float64), digits).tolist()
 
 
-def _layer_reports(outputs: dict, n: int, gate_names: list[str]) -> list[dict]:
-    reports = []
+def _layer_reports(outputs: dict, n: int, gate_names: list[str]) -> tuple[list[dict], dict[str, list[float]]]:
+    """The column-wise per-layer/direction report, and each reported gate's review-wide mean activation and
+    saturation per layer/direction (for the summary). Gates are reduced for all of them at once (one numpy call
+    per array, not one per gate: this runs on every diagnostics request)."""
+    reports, overall = [], {}
+    picked = [(gi, name) for gi, name in enumerate(gate_names) if name in REPORTED_GATES]
+    idx = [gi for gi, _ in picked]
     layer = 0
     while f"hidden_{layer}" in outputs:
         hidden = outputs[f"hidden_{layer}"][0, :n]  # [n, D, H]
@@ -39,15 +44,17 @@ def _layer_reports(outputs: dict, n: int, gate_names: list[str]) -> list[dict]:
             entry = {"layer": layer, "direction": "forward" if d == 0 else "backward",
                      "hidden_norm": _r(np.linalg.norm(h, axis=1)), "delta_norm": _r(np.linalg.norm(h - prev, axis=1)),
                      "gate_mean": {}, "gate_saturation": {}}
-            if gates is not None:
-                for gi, name in enumerate(gate_names):
-                    if name in REPORTED_GATES:
-                        g = gates[0, :n, d, gi]  # [n, H]
-                        entry["gate_mean"][name] = _r(g.mean(axis=1))
-                        entry["gate_saturation"][name] = _r(((g < SATURATION_LOW) | (g > SATURATION_HIGH)).mean(axis=1))
+            if gates is not None and picked:
+                g = gates[0, :n, d][:, idx]  # [n, G', H]
+                means = g.mean(axis=2)  # [n, G']
+                saturated = ((g < SATURATION_LOW) | (g > SATURATION_HIGH)).mean(axis=2)
+                for col, (_, name) in enumerate(picked):
+                    entry["gate_mean"][name] = _r(means[:, col])
+                    entry["gate_saturation"][name] = _r(saturated[:, col])
+                    overall.setdefault(name, []).append((float(means[:, col].mean()), float(saturated[:, col].mean())))
             reports.append(entry)
         layer += 1
-    return reports
+    return reports, overall
 
 
 def _hidden(outputs: dict, n: int, cap: int) -> dict:
@@ -79,17 +86,19 @@ def build(rt, text: str, enc, outputs: dict, include_hidden: bool, max_hidden_va
     unk = rt.tokenizer.unk_id
     vocab = rt.tokenizer.tokenizer
     final = float(outputs["probabilities"][0, rt.positive])
-    tokens = []
-    for i, ((start, end), tid) in enumerate(zip(enc.offsets, enc.ids.tolist())):
-        row = {"index": i, "text": text[start:end], "start": start, "end": end, "id": tid,
-               "token": vocab.id_to_token(tid), "unknown": tid == unk,
-               "running_score": round(float(running[i]), 6), "score_delta": round(float(deltas[i]), 6)}
-        if occlusion is not None:
-            # How much the score drops when this token is masked: positive = it pushed towards "positive".
-            row["attribution"] = round(final - float(occlusion[i]), 6)
-        tokens.append(row)
+    ids = enc.ids.tolist()
+    words = [vocab.id_to_token(tid) for tid in ids]
+    running_r, deltas_r = _r(running), _r(deltas)
+    tokens = [{"index": i, "text": text[start:end], "start": start, "end": end, "id": tid, "token": word,
+               "unknown": tid == unk, "running_score": run, "score_delta": delta}
+              for i, ((start, end), tid, word, run, delta)
+              in enumerate(zip(enc.offsets, ids, words, running_r, deltas_r))]
+    if occlusion is not None:
+        # How much the score drops when this token is masked: positive = it pushed towards "positive".
+        for row, value in zip(tokens, _r(final - occlusion[:n].astype(np.float64))):
+            row["attribution"] = value
     gate_names = list(rt.manifest["model"].get("gates", []))
-    layers = _layer_reports(outputs, n, gate_names)
+    layers, overall = _layer_reports(outputs, n, gate_names)
     order = np.argsort(deltas, kind="stable")
     pick = lambda idx: [{"index": int(i), "text": tokens[i]["text"], "score_delta": tokens[i]["score_delta"]}  # noqa: E731
                         for i in idx]
@@ -100,10 +109,9 @@ def build(rt, text: str, enc, outputs: dict, include_hidden: bool, max_hidden_va
         "unknown_share": round(float(np.mean(enc.ids == unk)) if n else 0.0, 6),
         "gate_mean": {}, "gate_saturation": {},
     }
-    for name in [g for g in gate_names if any(g in entry["gate_mean"] for entry in layers)]:
-        summary["gate_mean"][name] = round(float(np.mean([np.mean(e["gate_mean"][name]) for e in layers])), 6)
-        summary["gate_saturation"][name] = round(
-            float(np.mean([np.mean(e["gate_saturation"][name]) for e in layers])), 6)
+    for name, per_block in overall.items():
+        summary["gate_mean"][name] = round(float(np.mean([m for m, _ in per_block])), 6)
+        summary["gate_saturation"][name] = round(float(np.mean([sat for _, sat in per_block])), 6)
     # The two gates that decide how much of the past survives: the LSTM forget gate, the GRU update gate.
     for name in ("forget", "update"):
         if name in summary["gate_mean"]:
