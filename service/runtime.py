@@ -29,16 +29,8 @@ PROVIDER_ALIASES = {
 }
 
 
-# Padded tokens per onnxruntime call when computing occlusion attribution (see ModelRuntime.occlusion): reviews up
-# to 181 tokens are one call; a 400-token review is 5 calls of 80 copies (1.6 s, vs 2.3 s at 8,192 per call),
-# holding a few hundred MB at most while it runs, released afterwards (_SHRINK_ARENA).
-OCCLUSION_TOKENS = 32_768
-
-
-# Occlusion calls are far larger than plain scoring calls: let the CPU arena hand that memory back afterwards
-# instead of keeping it for the life of the process (measured: 1,105 MB held after one 400-token review, 143 MB with).
-_SHRINK_ARENA = ort.RunOptions()
-_SHRINK_ARENA.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+# Padded tokens per onnxruntime call when computing occlusion attribution (see ModelRuntime.occlusion).
+OCCLUSION_TOKENS = 8_192
 
 
 class ProviderError(ValueError):
@@ -189,9 +181,8 @@ class ModelRuntime:
 
     def occlusion(self, enc: Encoded) -> np.ndarray:
         """P(positive) with each token in turn replaced by [UNK]: the T masked copies, scored in calls of at most
-        OCCLUSION_TOKENS padded tokens (one call for reviews up to 181 tokens). One call of all T x T would need
-        onnxruntime buffers that grow with T^2 (over 1 GB for a 400-token review of the shipped model) while it runs.
-        Each call asks the arena to give its memory back afterwards."""
+        OCCLUSION_TOKENS padded tokens. One call of all T x T would hold onnxruntime buffers that grow with T^2
+        (over 1 GB for a 400-token review of the shipped model), and its arena keeps them."""
         n = enc.num_tokens
         ids = np.tile(enc.ids, (n, 1))
         ids[np.arange(n), np.arange(n)] = self.tokenizer.unk_id
@@ -199,5 +190,5 @@ class ModelRuntime:
         out = np.empty(n, dtype=np.float32)
         for start in range(0, n, rows):
             feed = {"input_ids": ids[start:start + rows], "lengths": np.full(len(ids[start:start + rows]), n, np.int64)}
-            out[start:start + rows] = self.session.run(["probabilities"], feed, _SHRINK_ARENA)[0][:, self.positive]
+            out[start:start + rows] = self.session.run(["probabilities"], feed)[0][:, self.positive]
         return out
