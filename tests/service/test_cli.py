@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import batch_files
 import pytest
 
 from service import batch_io, cli
@@ -65,18 +66,7 @@ def run(model: Path, *args: str) -> int:
 
 
 def write_input(path: Path, rows: list[dict], fmt: str) -> Path:
-    if fmt == "jsonl":
-        path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    elif fmt == "csv":
-        with path.open("w", newline="", encoding="utf-8") as fh:
-            writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
-    elif fmt == "parquet":
-        pq.write_table(pa.Table.from_pylist(rows), path, row_group_size=7)  # several row groups
-    else:
-        path.write_text("".join(r["text"] + "\n" for r in rows), encoding="utf-8")
-    return path
+    return batch_files.write_input(path, rows, fmt, row_group_size=7)  # several row groups
 
 
 def read_output(path: Path, fmt: str) -> list[dict]:

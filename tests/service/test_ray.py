@@ -14,6 +14,8 @@ import pytest
 
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install -e '.[ray]')")
 
+from batch_files import write_input  # noqa: E402
+
 from service import cli  # noqa: E402
 from service.ray_predictor import SentimentPredictor, pack_artifact  # noqa: E402
 from service.runtime import ModelRuntime  # noqa: E402
@@ -106,22 +108,6 @@ def test_predictor_in_map_batches_loads_the_artifact_once_per_actor(local_ray, t
             assert row["label"] == want["label"] and abs(row["score"] - want["score"]) <= 1e-6
 
 
-def write_input(path: Path, rows: list[dict], fmt: str) -> Path:
-    if fmt == "jsonl":
-        path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    elif fmt == "csv":
-        with path.open("w", newline="", encoding="utf-8") as fh:
-            writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
-    elif fmt == "parquet":
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        pq.write_table(pa.Table.from_pylist(rows), path)
-    else:
-        path.write_text("".join(r["text"] + "\n" for r in rows), encoding="utf-8")
-    return path
 
 
 def read_rows(path: Path, fmt: str) -> list[dict]:
