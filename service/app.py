@@ -22,7 +22,7 @@ from service import errors
 from service.batching import MicroBatcher
 from service.metrics import Metrics, MetricsMiddleware
 from service.registry import ModelRegistry
-from service.routes import ServiceState, health, models, sentiment
+from service.routes import ServiceState, health, models, sentiment, v2
 from service.settings import Settings
 
 log = logging.getLogger("sentiment.app")
@@ -79,7 +79,8 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
                               "diagnostics of the recurrent state. Errors: `{\"error\": {\"code\", \"message\"}}`.")
     app.state.service = state
     errors.install(app)
-    for module in (sentiment, models, health):
+    routers = (sentiment, models, health, v2)
+    for module in routers:
         app.include_router(module.router)
     # The web page (owned elsewhere) is served at / when present; mounted last so the API routes match first.
     if STATIC_DIR.is_dir():
@@ -88,7 +89,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     app.add_middleware(errors.BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(errors.CatchAllMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=state.metrics, known_paths=frozenset(
-        route.path for module in (sentiment, models, health) for route in module.router.routes))
+        route.path for module in routers for route in module.router.routes if route.path != "/"))
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["content-type", "authorization", "x-api-key"])
