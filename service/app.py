@@ -22,7 +22,7 @@ from service import errors
 from service.batching import MicroBatcher
 from service.metrics import Metrics, MetricsMiddleware
 from service.registry import ModelRegistry
-from service.routes import ServiceState, health, models, sentiment, v2
+from service.routes import ServiceState, health, models, sentiment, tei, v2
 from service.settings import Settings
 
 log = logging.getLogger("sentiment.app")
@@ -45,15 +45,18 @@ def _start(state: ServiceState, registry: ModelRegistry) -> None:
 class PageMount(Mount):
     """The page's files at / for every path the API does not own. A path the API owns never reaches the file
     server, so a wrong method there is the API's 405 listing its real methods (`Allow: POST`), not the file server's
-    404 or a 405 claiming `Allow: GET, HEAD`."""
+    404 or a 405 claiming `Allow: GET, HEAD`. The exception is `shared_paths` (`/`): the page for GET and HEAD, the
+    API (TEI's POST /) for the rest."""
 
-    def __init__(self, app, api_routes: list):
+    def __init__(self, app, api_routes: list, shared_paths: frozenset[str] = frozenset({"/"})):
         super().__init__("/", app=app, name="static")
-        self.api_routes = api_routes
+        self.api_routes, self.shared_paths = api_routes, shared_paths
 
     def matches(self, scope):
-        if any(route.matches(scope)[0] != Match.NONE for route in self.api_routes):
-            return Match.NONE, {}
+        for route in self.api_routes:
+            match = route.matches(scope)[0]
+            if match == Match.FULL or (match == Match.PARTIAL and scope["path"] not in self.shared_paths):
+                return Match.NONE, {}
         return super().matches(scope)
 
 
@@ -73,13 +76,14 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
             state.ready = False
             for batcher in state.batchers.values():
                 await batcher.stop()
+            state.tokenizer_pool.shutdown(wait=False)
 
     app = FastAPI(title="IMDB sentiment service", version="1.0.0", lifespan=lifespan,
                   description="Scores review text with an LSTM/GRU classifier (onnxruntime), with optional per-token "
                               "diagnostics of the recurrent state. Errors: `{\"error\": {\"code\", \"message\"}}`.")
     app.state.service = state
     errors.install(app)
-    routers = (sentiment, models, health, v2)
+    routers = (sentiment, models, health, v2, tei)
     for module in routers:
         app.include_router(module.router)
     # The web page (owned elsewhere) is served at / when present; mounted last so the API routes match first.
