@@ -1,12 +1,15 @@
 """Turns the diagnostics graph's raw outputs into the per-token report returned with `"diagnostics": true`.
 
-Definitions (also in the README):
-- running_score[t]: P(positive) of the review pooled over its prefix 0..t. For a unidirectional model this is
-  exactly the score the model gives the review cut after token t. For a bidirectional model the backward half of
-  each state has already read the whole review, so it is the score of "the review as read so far by the forward
-  direction, with the backward direction's view of those same tokens". Either way running_score at the last token
-  equals the final score.
-- score_delta[t] = running_score[t] - running_score[t-1] (with 0.5, no evidence, before the first token).
+Definitions (also in the README; derivations in training/graph.py):
+- running_score[t]: P(positive) the model gives the text cut after token t, exactly (unidirectional encoders; the
+  manifest's `diagnostics.running_score` is "exact"). A bidirectional encoder has no such reading (its backward half
+  has read the whole text before position 0), so its running_score is null and `summary.running_score_note` says why.
+- running_logodds[t]: the same in log-odds; score_delta[t] = running_score[t] - running_score[t-1] (0.5 before).
+- contribution[t]: token t's signed share of the final decision in log-odds (positive pushes towards "positive").
+  Exact models: baseline + sum of contributions = final log-odds (`summary.contribution_baseline`,
+  `summary.final_logodds`); the method is `summary.contribution_method`. Other models: occlusion in log-odds (the
+  drop in log-odds when the token is replaced by [UNK]), for texts up to `OCCLUSION_MAX_TOKENS` tokens.
+- attribution[t] (asked for with "attribution": true): occlusion, in log-odds, for every model.
 - delta_norm[t] = ||h_t - h_prev||, h_prev being the state before this token in that direction's reading order
   (t-1 forward, t+1 backward; zeros at the start).
 - gate_mean: mean activation over units; gate_saturation: share of units < 0.1 or > 0.9.
@@ -20,6 +23,9 @@ import numpy as np
 REPORTED_GATES = ("input", "forget", "output", "reset", "update")
 SATURATION_LOW, SATURATION_HIGH = 0.1, 0.9
 TOP_TOKENS = 5
+# Occlusion runs the model once per token over the whole text (O(T^2) token steps): beyond this many tokens it is
+# not computed and the response says so.
+OCCLUSION_MAX_TOKENS = 1_000
 
 
 def _r(values: np.ndarray, digits: int = 6) -> list:
@@ -78,37 +84,58 @@ def _hidden(outputs: dict, n: int, cap: int) -> dict:
     return {"layers": layers, "capped": any(len(x["units"]) < x["size"] for x in layers), "max_values": cap}
 
 
+def _top(tokens: list[dict], values: np.ndarray, positive: bool) -> list[dict]:
+    order = np.argsort(-values if positive else values, kind="stable")[:TOP_TOKENS]
+    return [{"index": int(i), "text": tokens[i]["text"], "contribution": tokens[i]["contribution"]}
+            for i in order if (values[i] > 0 if positive else values[i] < 0)]
+
+
 def build(rt, text: str, enc, outputs: dict, include_hidden: bool, max_hidden_values: int,
-          occlusion: np.ndarray | None) -> dict:
+          occlusion: np.ndarray | None, final_logodds: float, attribution: bool = False) -> dict:
+    """`occlusion`: log-odds with each token masked (None when not computed); reported as `attribution` when
+    `attribution` is asked for."""
     n = enc.num_tokens
-    running = outputs["running_positive"][0, :n].astype(np.float64)
-    deltas = running - np.concatenate([[0.5], running[:-1]])
+    exact = "running_logodds" in outputs
     unk = rt.tokenizer.unk_id
     vocab = rt.tokenizer.tokenizer
     final = float(outputs["probabilities"][0, rt.positive])
     ids = enc.ids.tolist()
     words = [vocab.id_to_token(tid) for tid in ids]
-    running_r, deltas_r = _r(running), _r(deltas)
     tokens = [{"index": i, "text": text[start:end], "start": start, "end": end, "id": tid, "token": word,
-               "unknown": tid == unk, "running_score": run, "score_delta": delta}
-              for i, ((start, end), tid, word, run, delta)
-              in enumerate(zip(enc.offsets, ids, words, running_r, deltas_r))]
-    if occlusion is not None:
-        # How much the score drops when this token is masked: positive = it pushed towards "positive".
-        for row, value in zip(tokens, _r(final - occlusion[:n].astype(np.float64))):
+               "unknown": tid == unk}
+              for i, ((start, end), tid, word) in enumerate(zip(enc.offsets, ids, words))]
+    occ = None if occlusion is None else final_logodds - occlusion[:n].astype(np.float64)
+    summary: dict = {"final_score": round(final, 6), "final_logodds": round(final_logodds, 6)}
+    if exact:
+        running = outputs["running_positive"][0, :n].astype(np.float64)
+        contrib = outputs["contribution"][0, :n].astype(np.float64)
+        columns = {"running_score": _r(running), "running_logodds": _r(outputs["running_logodds"][0, :n]),
+                   "score_delta": _r(running - np.concatenate([[0.5], running[:-1]])), "contribution": _r(contrib)}
+        summary.update(running_score_method="exact",
+                       contribution_method=rt.manifest.get("diagnostics", {}).get("contribution", "state_change"),
+                       contribution_baseline=round(float(outputs["contribution_baseline"][0]), 6))
+    else:
+        contrib = occ
+        columns = {"running_score": [None] * n, "running_logodds": [None] * n, "score_delta": [None] * n,
+                   "contribution": [None] * n if occ is None else _r(occ)}
+        summary.update(running_score_method=None, running_score_note=rt.manifest.get("diagnostics", {}).get(
+            "note", "bidirectional encoder: no prefix reading exists (the backward half reads the whole text first)"),
+            contribution_method=None if occ is None else "occlusion")
+        if occ is None:
+            summary["contribution_note"] = (f"occlusion contributions cost one model run per token; this text has {n} "
+                                            f"tokens, over the limit of {OCCLUSION_MAX_TOKENS}")
+    for name, values in columns.items():
+        for row, value in zip(tokens, values):
+            row[name] = value
+    if attribution and occ is not None:
+        for row, value in zip(tokens, _r(occ)):
             row["attribution"] = value
     gate_names = list(rt.manifest["model"].get("gates", []))
     layers, overall = _layer_reports(outputs, n, gate_names)
-    order = np.argsort(deltas, kind="stable")
-    pick = lambda idx: [{"index": int(i), "text": tokens[i]["text"], "score_delta": tokens[i]["score_delta"]}  # noqa: E731
-                        for i in idx]
-    summary = {
-        "final_score": round(final, 6),
-        "top_positive": pick([i for i in order[::-1][:TOP_TOKENS] if deltas[i] > 0]),
-        "top_negative": pick([i for i in order[:TOP_TOKENS] if deltas[i] < 0]),
-        "unknown_share": round(float(np.mean(enc.ids == unk)) if n else 0.0, 6),
-        "gate_mean": {}, "gate_saturation": {},
-    }
+    summary.update(
+        top_positive=[] if contrib is None else _top(tokens, contrib, True),
+        top_negative=[] if contrib is None else _top(tokens, contrib, False),
+        unknown_share=round(float(np.mean(enc.ids == unk)) if n else 0.0, 6), gate_mean={}, gate_saturation={})
     for name, per_block in overall.items():
         summary["gate_mean"][name] = round(float(np.mean([m for m, _ in per_block])), 6)
         summary["gate_saturation"][name] = round(float(np.mean([sat for _, sat in per_block])), 6)

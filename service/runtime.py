@@ -74,6 +74,7 @@ class ModelRuntime:
         m = self.manifest
         self.name, self.version, self.labels = m["name"], m["version"], list(m["labels"])
         self.positive = self.labels.index("positive")
+        self.temperature = float(m.get("temperature") or 1.0)
         trunc = m["truncation"]
         try:
             self.tokenizer = TextTokenizer.from_file(self.directory / "tokenizer.json", max_tokens=int(m["max_tokens"]),
@@ -175,20 +176,32 @@ class ModelRuntime:
                  max_hidden_values: int = 65_536) -> tuple[np.ndarray, dict]:
         """Probabilities and the per-token diagnostics of one text (see service/diagnostics.py)."""
         outputs = dict(zip(self.diagnostic_outputs, self.diagnostics_session.run(None, self.pad([enc]))))
-        occlusion = self.occlusion(enc) if attribution else None
-        report = diagnostics.build(self, text, enc, outputs, include_hidden, max_hidden_values, occlusion)
+        final_logodds = float(self.logodds(outputs["logits"])[0])
+        # Models without exact contributions fall back to occlusion, within its bound.
+        wanted = attribution or "contribution" not in outputs
+        occlusion = self.occlusion(enc) if wanted and enc.num_tokens <= diagnostics.OCCLUSION_MAX_TOKENS else None
+        report = diagnostics.build(self, text, enc, outputs, include_hidden, max_hidden_values, occlusion,
+                                   final_logodds, attribution)
+        if attribution and occlusion is None:
+            report["summary"]["attribution_note"] = (f"attribution (occlusion) skipped: {enc.num_tokens} tokens, over "
+                                                     f"the limit of {diagnostics.OCCLUSION_MAX_TOKENS}")
         return outputs["probabilities"][0], report
 
+    def logodds(self, logits: np.ndarray) -> np.ndarray:
+        """Calibrated positive log-odds from the graph's logits (softmax of logits / temperature)."""
+        diff = logits[:, self.positive].astype(np.float64) - logits[:, 1 - self.positive].astype(np.float64)
+        return diff / self.temperature
+
     def occlusion(self, enc: Encoded) -> np.ndarray:
-        """P(positive) with each token in turn replaced by [UNK]: the T masked copies, scored in calls of at most
-        OCCLUSION_TOKENS padded tokens. One call of all T x T would hold onnxruntime buffers that grow with T^2
-        (over 1 GB for a 400-token review of the shipped model), and its arena keeps them."""
+        """Positive log-odds with each token in turn replaced by [UNK]: the T masked copies, scored in calls of at
+        most OCCLUSION_TOKENS padded tokens. One call of all T x T would hold onnxruntime buffers that grow with
+        T^2 (over 1 GB for a 400-token review), and its arena keeps them."""
         n = enc.num_tokens
         ids = np.tile(enc.ids, (n, 1))
         ids[np.arange(n), np.arange(n)] = self.tokenizer.unk_id
         rows = max(1, OCCLUSION_TOKENS // n)
-        out = np.empty(n, dtype=np.float32)
+        out = np.empty(n, dtype=np.float64)
         for start in range(0, n, rows):
             feed = {"input_ids": ids[start:start + rows], "lengths": np.full(len(ids[start:start + rows]), n, np.int64)}
-            out[start:start + rows] = self.session.run(["probabilities"], feed)[0][:, self.positive]
+            out[start:start + rows] = self.logodds(self.session.run(["logits"], feed)[0])
         return out

@@ -227,21 +227,28 @@ def export_random(fixture_tokenizer, tmp_path_factory):
     cache: dict[tuple, RandomExport] = {}
     root = tmp_path_factory.mktemp("random_exports")
 
-    def make(cell: str, bidirectional: bool, pooling: str = "meanmax", num_layers: int = 1) -> RandomExport:
-        key = (cell, bidirectional, pooling, num_layers)
+    def make(cell: str, bidirectional: bool, pooling: str = "meanmax", num_layers: int = 1,
+             ngram_buckets: int = 0) -> RandomExport:
+        key = (cell, bidirectional, pooling, num_layers) + ((ngram_buckets,) if ngram_buckets else ())
         if key not in cache:
             torch.manual_seed(zlib.crc32(repr(key).encode()))  # stable across processes, unlike hash()
             cfg = ModelConfig(vocab_size=fixture_tokenizer.get_vocab_size(), embedding_dim=10, hidden_size=6, cell=cell,
-                              bidirectional=bidirectional, pooling=pooling, num_layers=num_layers)
+                              bidirectional=bidirectional, pooling=pooling, num_layers=num_layers,
+                              ngram_buckets=ngram_buckets)
             model = RecurrentClassifier(cfg).eval()
             with torch.no_grad():  # torch's init leaves biases small; make them matter
                 for name, p in model.named_parameters():
                     if "bias" in name:
                         p.uniform_(-0.5, 0.5)
+                if ngram_buckets:  # an n-gram branch with weights and a mix that is not the identity
+                    model.ngram.weight.normal_(0, 0.5)
+                    model.mix.copy_(torch.tensor([1.3, 0.7, -0.2]))
             train_cfg = tiny_train_config("unused", "unused", max_tokens=RANDOM_MAX_TOKENS,
                                           model={"cell": cell, "bidirectional": bidirectional, "pooling": pooling,
-                                                 "num_layers": num_layers, "embedding_dim": 10, "hidden_size": 6})
-            out = root / f"{cell}-{'bi' if bidirectional else 'uni'}-{pooling}-{num_layers}"
+                                                 "num_layers": num_layers, "embedding_dim": 10, "hidden_size": 6,
+                                                 "ngram_buckets": ngram_buckets})
+            out = root / (f"{cell}-{'bi' if bidirectional else 'uni'}-{pooling}-{num_layers}"
+                          + (f"-ngram{ngram_buckets}" if ngram_buckets else ""))
             export_model(model, fixture_tokenizer.to_str(), out, name=out.name, version="0.0.0", train_cfg=train_cfg,
                          metrics=placeholder_metrics(RANDOM_TEMPERATURE),
                          temperature=RANDOM_TEMPERATURE)

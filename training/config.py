@@ -22,6 +22,16 @@ class ModelConfig:
     dropout: float = 0.4  # between layers and before the head
     embedding_dropout: float = 0.2  # drops whole embedding channels; IMDB overfits fast without it
     num_labels: int = 2
+    # Hashed n-gram branch (NBSVM-style, Wang & Manning 2012): a linear score per uni/bi/tri-gram ending at each
+    # position, summed over the review and added to the recurrent logit. Additive per position, so every prefix's
+    # verdict and every token's share stay exact. 0 buckets = no branch.
+    ngram_order: int = 3
+    ngram_buckets: int = 0  # per order >= 2; a prime, so (key mod buckets) spreads the structured keys
+
+    @property
+    def ngram_table_size(self) -> int:
+        # unigrams by id (+1 for the begin-of-text id), then one hashed block per order >= 2
+        return (self.vocab_size + 1) + (self.ngram_order - 1) * self.ngram_buckets if self.ngram_buckets else 0
 
     @property
     def directions(self) -> int:
@@ -46,9 +56,16 @@ class TrainConfig:
     # Tokenizer
     max_vocab: int = 30_000
     min_frequency: int = 3
-    max_tokens: int = 400
+    # A safety cap, not a window: an RNN has no context limit, so whole reviews are scored. 20,000 tokens covers the
+    # service's 20,000-character request limit (a token is at least one character).
+    max_tokens: int = 20_000
     truncation: Literal["head", "tail", "head_tail"] = "head_tail"
-    head_tokens: int = 100  # head_tail keeps the first 100 and the last 300 tokens: verdicts sit at the end
+    head_tokens: int = 100  # only for texts over max_tokens: keep the head and the end (verdicts sit at the end)
+    # Sentence crops (1-3 consecutive sentences of a training review, with its label) added each epoch: teaches the
+    # recurrent part short texts ("Not bad at all!") that whole reviews rarely isolate. Share of reviews cropped.
+    crop_share: float = 0.5
+    # NBSVM fit of the n-gram branch: inverse L2 strength of the logistic regression (sklearn's C)
+    ngram_c: float = 0.1
     # Embeddings: "random", "word2vec" (trained on train + unsup reviews) or a GloVe-format text file path
     embeddings: str = "word2vec"
     w2v_epochs: int = 5

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from training.config import ModelConfig
+from training.ngrams import ngram_rows
 
 _CELLS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 
@@ -58,6 +59,14 @@ class RecurrentClassifier(nn.Module):
         self.embedding_dropout = nn.Dropout1d(cfg.embedding_dropout)
         self.dropout = nn.Dropout(cfg.dropout)
         self.head = nn.Linear(cfg.feature_size, cfg.num_labels)
+        if cfg.ngram_buckets:
+            # Fitted by NBSVM after the network trains (training/ngrams.py), never by gradient descent here.
+            self.ngram = nn.Embedding(cfg.ngram_table_size, 1)
+            nn.init.zeros_(self.ngram.weight)
+            self.ngram.weight.requires_grad_(False)
+            # log-odds = mix[0] * recurrent log-odds + mix[1] * n-gram score + mix[2], fitted on validation; the
+            # identity until then, so training the network alone sees its own logits.
+            self.register_buffer("mix", torch.tensor([1.0, 0.0, 0.0]))
 
     def encode(self, ids: torch.Tensor, lengths: torch.Tensor) -> list[torch.Tensor]:
         """Per-layer outputs [B, T, D*H], zero past each length."""
@@ -89,9 +98,25 @@ class RecurrentClassifier(nn.Module):
         mx = x.masked_fill(~mask, float("-inf")).amax(1)
         return mx if pooling == "max" else torch.cat([mean, mx], dim=1)
 
-    def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """Uncalibrated logits [B, num_labels]."""
+    def rnn_logits(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """The recurrent part's logits [B, num_labels]."""
         return self.head(self.dropout(self.pool(self.encode(ids, lengths)[-1], lengths)))
+
+    def ngram_score(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """The n-gram branch's positive log-odds contribution [B]: the sum of every position's n-gram weights."""
+        cfg = self.cfg
+        per_position = self.ngram(ngram_rows(ids, cfg.vocab_size, cfg.ngram_buckets, cfg.ngram_order)).sum((2, 3))
+        mask = torch.arange(ids.shape[1], device=ids.device)[None, :] < lengths[:, None]
+        return (per_position * mask).sum(1)
+
+    def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Uncalibrated logits [B, num_labels]; with an n-gram branch, [-z/2, z/2] for the combined log-odds z."""
+        logits = self.rnn_logits(ids, lengths)
+        if not self.cfg.ngram_buckets:
+            return logits
+        a, b, c = self.mix
+        z = a * (logits[:, 1] - logits[:, 0]) + b * self.ngram_score(ids, lengths) + c
+        return torch.stack([-z / 2, z / 2], dim=1)
 
     def load_embeddings(self, vectors: torch.Tensor) -> None:
         with torch.no_grad():

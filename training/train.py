@@ -82,8 +82,35 @@ def prepare(cfg: TrainConfig, out: Path) -> dict:
     return prepared
 
 
-def batches(ids: list[np.ndarray], labels: list[int], batch_size: int, seed: int | None):
-    """Length-bucketed batches: shuffled (when seeded) then sorted inside chunks so a batch has similar lengths."""
+def sentence_crops(ids: list[np.ndarray], labels: list[int], enders: np.ndarray, share: float, seed: int,
+                   min_tokens: int = 3) -> tuple[list[np.ndarray], list[int]]:
+    """1-3 consecutive sentences from a random `share` of the reviews, each with its review's label."""
+    rng = np.random.default_rng(seed)
+    out_ids, out_y = [], []
+    for i in np.flatnonzero(rng.random(len(ids)) < share):
+        row = ids[i]
+        ends = np.flatnonzero(np.isin(row, enders)) + 1
+        bounds = np.unique(np.concatenate([[0], ends, [len(row)]]))
+        if len(bounds) < 3:
+            continue
+        k = int(rng.integers(1, 4))
+        start = int(rng.integers(0, max(1, len(bounds) - 1 - k) + 1))
+        crop = row[bounds[start]: bounds[min(start + k, len(bounds) - 1)]]
+        if len(crop) >= min_tokens:
+            out_ids.append(crop)
+            out_y.append(labels[i])
+    return out_ids, out_y
+
+
+def sentence_enders(tokenizer_json: str) -> np.ndarray:
+    vocab = json.loads(tokenizer_json)["model"]["vocab"]
+    return np.array([vocab[p] for p in (".", "!", "?") if p in vocab], dtype=np.int64)
+
+
+def batches(ids: list[np.ndarray], labels: list[int], batch_size: int, seed: int | None,
+            max_batch_tokens: int = 64 * 400):
+    """Length-bucketed batches: shuffled (when seeded) then sorted inside chunks so a batch has similar lengths;
+    long reviews come in smaller batches (at most `max_batch_tokens` padded tokens) so memory stays flat."""
     order = list(range(len(ids)))
     if seed is not None:
         random.Random(seed).shuffle(order)
@@ -91,7 +118,14 @@ def batches(ids: list[np.ndarray], labels: list[int], batch_size: int, seed: int
     groups = []
     for start in range(0, len(order), chunk):
         part = sorted(order[start:start + chunk], key=lambda i: len(ids[i]))
-        groups += [part[i:i + batch_size] for i in range(0, len(part), batch_size)]
+        group: list[int] = []
+        for i in part:
+            if group and (len(group) >= batch_size or (len(group) + 1) * len(ids[i]) > max_batch_tokens):
+                groups.append(group)
+                group = []
+            group.append(i)
+        if group:
+            groups.append(group)
     if seed is not None:
         random.Random(seed + 1).shuffle(groups)
     for group in groups:
@@ -103,17 +137,19 @@ def batches(ids: list[np.ndarray], labels: list[int], batch_size: int, seed: int
 
 
 @torch.no_grad()
-def predict_logits(model: RecurrentClassifier, ids, labels, batch_size: int = 256):
+def predict_logits(model: RecurrentClassifier, ids, labels, batch_size: int = 256, part: str = "combined"):
+    """Logits in input order. part: "combined" (the whole model), "rnn" (the network alone)."""
     model.eval()
     out, ys = [], []
+    fn = model.rnn_logits if part == "rnn" else model
     for x, lengths, y in batches(ids, labels, batch_size, seed=None):
-        out.append(model(x, lengths))
+        out.append(fn(x, lengths))
         ys.append(y)
     return torch.cat(out), torch.cat(ys)
 
 
 def evaluate(model, ids, labels) -> dict:
-    logits, y = predict_logits(model, ids, labels)
+    logits, y = predict_logits(model, ids, labels, part="rnn")
     return {"loss": F.cross_entropy(logits, y).item(), "accuracy": (logits.argmax(1) == y).float().mean().item()}
 
 
@@ -146,18 +182,21 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         log.info("resumed after epoch %d", state["epoch"])
     train_ids, train_y = prepared["train"]
     val_ids, val_y = prepared["val"]
-    steps = math.ceil(len(train_ids) / cfg.batch_size)
+    enders = sentence_enders(tokenizer_json)
     while state["epoch"] < cfg.epochs and state["bad_epochs"] < cfg.patience:
         if cfg.time_budget_min and state["elapsed"] >= cfg.time_budget_min * 60:
             break
         epoch = state["epoch"] + 1
         model.train()
         start, seen, loss_sum, correct, grad_norms = time.time(), 0, 0.0, 0, []
+        crop_ids, crop_y = sentence_crops(train_ids, train_y, enders, cfg.crop_share, cfg.seed + epoch)
+        epoch_ids, epoch_y = list(train_ids) + crop_ids, list(train_y) + crop_y
+        steps = math.ceil(len(epoch_ids) / cfg.batch_size)
         # Not a terminal (a background run): a line every 30 s in the log instead of a bar.
-        bar = tqdm(batches(train_ids, train_y, cfg.batch_size, cfg.seed + epoch), total=steps, desc=f"epoch {epoch}",
+        bar = tqdm(batches(epoch_ids, epoch_y, cfg.batch_size, cfg.seed + epoch), total=steps, desc=f"epoch {epoch}",
                    file=sys.stderr, mininterval=5 if sys.stderr.isatty() else 30, dynamic_ncols=True)
         for x, lengths, y in bar:
-            logits = model(x, lengths)
+            logits = model.rnn_logits(x, lengths)
             loss = F.cross_entropy(logits, y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -190,17 +229,64 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     return finish(cfg, model, state, prepared, out)
 
 
+def fit_mix(rnn_logits: torch.Tensor, ngram: torch.Tensor, y: torch.Tensor) -> list[float]:
+    """[a, b, c] of log-odds = a * recurrent log-odds + b * n-gram score + c, by logistic regression on validation:
+    the weighting of the two parts and the calibration in one (temperature scaling is its b = 0 special case)."""
+    from sklearn.linear_model import LogisticRegression
+
+    x = np.stack([(rnn_logits[:, 1] - rnn_logits[:, 0]).numpy(), ngram.numpy()], axis=1)
+    clf = LogisticRegression(C=1e4, max_iter=1000).fit(x, y.numpy())
+    return [float(clf.coef_[0][0]), float(clf.coef_[0][1]), float(clf.intercept_[0])]
+
+
+def fit_branch(cfg: TrainConfig, model: RecurrentClassifier, prepared: dict) -> dict:
+    """NBSVM weights for the n-gram branch, then the mix on validation; accuracy of each part alone."""
+    from training.ngrams import fit_nbsvm
+
+    mc = model.cfg
+    start = time.time()
+    weights, intercept = fit_nbsvm(*prepared["train"], mc.vocab_size, mc.ngram_buckets, mc.ngram_order, cfg.ngram_c)
+    with torch.no_grad():
+        model.ngram.weight.copy_(torch.from_numpy(weights)[:, None])
+    rnn, y = predict_logits(model, *prepared["val"], part="rnn")
+    val_ids = prepared["val"][0]
+    scores = []
+    model.eval()
+    with torch.no_grad():
+        for start_row in range(0, len(val_ids), 256):
+            rows = val_ids[start_row:start_row + 256]
+            lengths = torch.tensor([max(1, len(r)) for r in rows])
+            x = torch.zeros(len(rows), int(lengths.max()), dtype=torch.long)
+            for i, r in enumerate(rows):
+                x[i, : len(r)] = torch.from_numpy(r)
+            scores.append(model.ngram_score(x, lengths))
+    ngram = torch.cat(scores)
+    mix = fit_mix(rnn, ngram, y)
+    model.mix.copy_(torch.tensor(mix))
+    return {"mix": mix, "ngram_intercept": intercept, "ngram_fit_seconds": round(time.time() - start, 1),
+            "val_accuracy_rnn": (rnn.argmax(1) == y).float().mean().item(),
+            "val_accuracy_ngram": ((ngram + intercept > 0).long() == y).float().mean().item()}
+
+
 def finish(cfg: TrainConfig, model, state, prepared, out: Path) -> dict:
-    model.load_state_dict(state["best_state"])
+    model.load_state_dict(state["best_state"], strict=False)
+    extra = fit_branch(cfg, model, prepared) if cfg.model.ngram_buckets else {}
     logits, y = predict_logits(model, *prepared["val"])
-    temperature = fit_temperature(logits, y)
+    # With an n-gram branch the mix already calibrates; temperature is then 1.
+    temperature = 1.0 if extra else fit_temperature(logits, y)
     probs_raw, probs_cal = logits.softmax(1), (logits / temperature).softmax(1)
+    crop_ids, crop_y = sentence_crops(prepared["val"][0], prepared["val"][1],
+                                      sentence_enders(prepared["tokenizer_json"]), 1.0, cfg.seed)
+    crop_logits, crop_labels = predict_logits(model, crop_ids, crop_y)
     metrics = {
         "val_accuracy": (logits.argmax(1) == y).float().mean().item(),
+        **extra,
         "val_nll_before": F.cross_entropy(logits, y).item(),
         "val_nll_after": F.cross_entropy(logits / temperature, y).item(),
         "ece_before": expected_calibration_error(probs_raw, y),
         "ece_after": expected_calibration_error(probs_cal, y),
+        "crop_accuracy": (crop_logits.argmax(1) == crop_labels).float().mean().item(),
+        "ece_crops": expected_calibration_error((crop_logits / temperature).softmax(1), crop_labels),
         "temperature": temperature,
         "best_epoch": max(state["history"], key=lambda r: r["val_accuracy"])["epoch"],
         "epochs_run": state["epoch"],
@@ -209,6 +295,7 @@ def finish(cfg: TrainConfig, model, state, prepared, out: Path) -> dict:
         "counts": prepared["counts"],
         "history": state["history"],
     }
+    state["best_state"] = {k: v.clone() for k, v in model.state_dict().items()}
     torch.save({"model": state["best_state"], "model_config": cfg.model, "train_config": cfg,
                 "tokenizer_json": prepared["tokenizer_json"], "metrics": metrics}, out / "model.pt")
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))

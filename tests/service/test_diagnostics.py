@@ -107,8 +107,7 @@ def _prefix_scores(export, ids: list[int]) -> list[float]:
     return scores
 
 
-@pytest.mark.parametrize("name", ["lstm-uni-meanmax-1", "gru-uni-meanmax-1", "lstm-uni-last-1", "lstm-bi-meanmax-1",
-                                  "gru-bi-last-1", "lstm-bi-meanmax-2"])
+@pytest.mark.parametrize("name", ["lstm-uni-meanmax-1", "gru-uni-meanmax-1", "lstm-uni-last-1"])
 def test_running_score_follows_its_definition_and_ends_at_the_final_score(served, name):
     client, exports = served
     body = diagnose(client, name)
@@ -116,13 +115,26 @@ def test_running_score_follows_its_definition_and_ends_at_the_final_score(served
     running = [t["running_score"] for t in tokens]
     assert running[-1] == pytest.approx(body["score"], abs=1e-5)
     assert body["diagnostics"]["summary"]["final_score"] == pytest.approx(body["score"], abs=1e-5)
+    assert body["diagnostics"]["summary"]["running_score_method"] == "exact"
     ids = [t["id"] for t in tokens]
     np.testing.assert_allclose(running, _prefix_scores(exports[name], ids), atol=TOL)
     deltas = np.diff([0.5] + running)
     np.testing.assert_allclose([t["score_delta"] for t in tokens], deltas, atol=2e-6)
-    if "-uni-" in name:  # unidirectional: exactly the score of the review cut after each token
-        for t in (0, len(ids) // 2):
-            assert running[t] == pytest.approx(torch_probs(exports[name], ids[: t + 1]), abs=TOL)
+    # exactly the score of the review cut after each token
+    for t in (0, len(ids) // 2):
+        assert running[t] == pytest.approx(torch_probs(exports[name], ids[: t + 1]), abs=TOL)
+    np.testing.assert_allclose([t["running_logodds"] for t in tokens], np.log(running) - np.log1p(-np.array(running)),
+                               atol=1e-3)
+
+
+@pytest.mark.parametrize("name", ["lstm-bi-meanmax-1", "gru-bi-last-1", "lstm-bi-meanmax-2"])
+def test_bidirectional_models_draw_no_running_score_and_say_why(served, name):
+    client, _ = served
+    report = diagnose(client, name)["diagnostics"]
+    assert all(t["running_score"] is None and t["score_delta"] is None for t in report["tokens"])
+    summary = report["summary"]
+    assert summary["running_score_method"] is None and "bidirectional" in summary["running_score_note"]
+    assert summary["contribution_method"] == "occlusion"  # contributions still come, from occlusion
 
 
 def test_offsets_slice_the_submitted_text(served):
@@ -143,16 +155,24 @@ def test_offsets_slice_the_submitted_text(served):
     assert report["tokens"][3]["text"] == "didn&#39;t"
 
 
-def test_attribution_is_the_drop_when_a_token_is_masked(served):
+def _logodds(p: float) -> float:
+    return float(np.log(p) - np.log1p(-p))
+
+
+@pytest.mark.parametrize("name", ["gru-uni-meanmax-1", "lstm-bi-meanmax-1"])
+def test_attribution_is_the_logodds_drop_when_a_token_is_masked(served, name):
     client, exports = served
-    name = "gru-uni-meanmax-1"
     body = diagnose(client, name, attribution=True)
     ids = [t["id"] for t in body["diagnostics"]["tokens"]]
     unk = 1
+    full = _logodds(torch_probs(exports[name], ids))
+    assert body["diagnostics"]["summary"]["final_logodds"] == pytest.approx(full, abs=1e-3)
     for i in (0, 3, len(ids) - 1):
         masked = ids[:i] + [unk] + ids[i + 1:]
-        expected = body["score"] - torch_probs(exports[name], masked)
-        assert body["diagnostics"]["tokens"][i]["attribution"] == pytest.approx(expected, abs=TOL)
+        expected = full - _logodds(torch_probs(exports[name], masked))
+        assert body["diagnostics"]["tokens"][i]["attribution"] == pytest.approx(expected, abs=1e-3)
+        if "-bi-" in name:  # without exact contributions, the contribution is the occlusion
+            assert body["diagnostics"]["tokens"][i]["contribution"] == body["diagnostics"]["tokens"][i]["attribution"]
 
 
 def test_report_shape_and_summary(served):
@@ -163,7 +183,7 @@ def test_report_shape_and_summary(served):
     n = body["num_tokens"]
     assert len(report["tokens"]) == n
     assert set(report["tokens"][0]) == {"index", "text", "start", "end", "id", "token", "unknown", "running_score",
-                                        "score_delta"}
+                                        "running_logodds", "score_delta", "contribution"}
     for entry in report["layers"]:
         assert len(entry["hidden_norm"]) == len(entry["delta_norm"]) == n
         for gate in report["gates"]:
@@ -172,8 +192,12 @@ def test_report_shape_and_summary(served):
     summary = report["summary"]
     assert {"final_score", "top_positive", "top_negative", "unknown_share", "gate_mean", "gate_saturation",
             "mean_forget_gate"} <= set(summary)
-    assert all(t["score_delta"] > 0 for t in summary["top_positive"])
-    assert all(t["score_delta"] < 0 for t in summary["top_negative"])
+    assert all(t["contribution"] > 0 for t in summary["top_positive"])
+    assert all(t["contribution"] < 0 for t in summary["top_negative"])
+    # ranked by contribution: the first is the largest of all tokens
+    contributions = [t["contribution"] for t in report["tokens"]]
+    if summary["top_positive"]:
+        assert summary["top_positive"][0]["contribution"] == max(contributions)
     unknown = sum(t["unknown"] for t in report["tokens"]) / n
     assert summary["unknown_share"] == pytest.approx(unknown, abs=1e-6)
 

@@ -145,7 +145,14 @@ def test_rnn_diagnostics_have_no_gates(diag, bidirectional):
     assert not [k for k in d if k.startswith("gates_")]
 
 
-@pytest.mark.parametrize("config", ALL_CONFIGS, ids=_ids)
+@pytest.mark.parametrize("config", [c for c in ALL_CONFIGS if c[1]], ids=_ids)
+def test_bidirectional_graphs_claim_no_prefix_reading(diag, config):
+    """The backward half has read the whole text before position 0: no running score, no exact contributions."""
+    *_, d = diag(config)
+    assert not {"running_positive", "running_logodds", "contribution", "contribution_baseline"} & d.keys()
+
+
+@pytest.mark.parametrize("config", [c for c in ALL_CONFIGS if not c[1]], ids=_ids)
 def test_running_positive_ends_at_the_final_probability(diag, config):
     exp, ids, lens, (probs, _), d = diag(config)
     running = d["running_positive"]
