@@ -11,8 +11,10 @@ atomic rename. pyarrow is imported only for Parquet (it is the `parquet` extra).
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
+import math
 import os
 import re
 import shutil
@@ -29,8 +31,12 @@ _EXTENSIONS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": 
 BASE_COLUMNS = ["id", "label", "score", "num_tokens", "truncated"]
 DIAGNOSTIC_COLUMNS = ["top_positive", "top_negative", "unknown_share"]
 ERROR_COLUMN = "error"
-# IMDB reviews reach ~14k characters; csv's default 128 KiB field limit is kept generous but finite.
-csv.field_size_limit(16 * 1024 * 1024)
+# A line (a JSONL row, a text line, a CSV line) longer than this is a bad row, read past in bounded blocks, never
+# held whole: 1 MiB, or 8 bytes per allowed text character if that is more (a JSON \uXXXX escape takes 6).
+MIN_MAX_LINE_BYTES = 1 << 20
+# JSON nested deeper than this is a bad row: Python parses ~995 levels but its encoder, called from deeper in the
+# stack, cannot write them back, so a row nested "only" 990 deep would end the job in the writer.
+MAX_JSON_DEPTH = 100
 
 
 class InputError(ValueError):
@@ -80,12 +86,16 @@ class InputRow:
 
 
 class Reader:
-    """One input: `columns` (known up front for CSV, Parquet and text; None for JSONL, whose rows may differ) and
-    `rows(skip)`, the rows after the first `skip`."""
+    """One input: `columns` (known up front for CSV, Parquet and text; None for JSONL, whose rows may differ),
+    `rows(skip, expect)`, the rows after the first `skip` (which must have the `fingerprint()` `expect`), and
+    `fingerprint()`, what identifies the input read so far."""
 
     columns: list[str] | None = None
 
-    def rows(self, skip: int = 0) -> Iterator[InputRow]:
+    def rows(self, skip: int = 0, expect: dict | None = None) -> Iterator[InputRow]:
+        raise NotImplementedError
+
+    def fingerprint(self) -> dict:
         raise NotImplementedError
 
     def count(self) -> int | None:
@@ -105,6 +115,59 @@ def _count_lines(path: Path) -> int:
     return lines + (last != b"\n")
 
 
+def default_max_line_bytes(max_text_chars: int) -> int:
+    return max(MIN_MAX_LINE_BYTES, 8 * max_text_chars)
+
+
+class BoundedLines:
+    """The lines of a binary stream, each read with at most `limit` bytes in memory: a line longer than that is
+    read past in 64 KiB blocks and yielded as its length (an int) instead of its bytes. Every byte consumed goes
+    into a sha256, so `fingerprint()` identifies exactly the input read so far (what `--resume` checks)."""
+
+    def __init__(self, stream: BinaryIO, limit: int):
+        self.stream, self.limit = stream, limit
+        self.sha = hashlib.sha256()
+        self.bytes = 0
+
+    def _consume(self, raw: bytes) -> None:
+        self.sha.update(raw)
+        self.bytes += len(raw)
+
+    def __iter__(self) -> Iterator[bytes | int]:
+        while True:
+            raw = self.stream.readline(self.limit + 1)
+            if not raw:
+                return
+            self._consume(raw)
+            if len(raw) <= self.limit:
+                yield raw
+                continue
+            size = len(raw)
+            while not raw.endswith(b"\n"):
+                raw = self.stream.readline(1 << 16)
+                if not raw:
+                    break
+                self._consume(raw)
+                size += len(raw)
+            yield size
+
+    def fingerprint(self) -> dict:
+        return {"bytes": self.bytes, "sha256": self.sha.hexdigest()}
+
+    def too_long(self, size: int) -> str:
+        return f"over the line limit ({self.limit:,} bytes, --max-line-bytes): {size:,} bytes"
+
+
+def verify_fingerprint(path: str, now: dict, then: dict | None) -> None:
+    """Refuses a resume whose input no longer starts with the bytes the interrupted run read."""
+    if then is None:
+        raise InputError(f"the checkpoint for {path} has no input fingerprint (an older version wrote it); rerun "
+                         "with --restart")
+    if now != then:
+        raise InputError(f"{path} changed since the interrupted run (its first {then['bytes']:,} bytes, already "
+                         "scored, are not the same): rerun with --restart to score it from the start")
+
+
 def _decode(raw: bytes, first: bool) -> str:
     text = raw.decode("utf-8")
     if first and text.startswith("\ufeff"):  # a byte-order mark from Windows editors
@@ -113,10 +176,14 @@ def _decode(raw: bytes, first: bool) -> str:
 
 
 class _LineReader(Reader):
-    def __init__(self, path: str, text_field: str):
+    def __init__(self, path: str, text_field: str, max_line_bytes: int):
         self.path = path
         self.text_field = text_field
         self.stream: BinaryIO = sys.stdin.buffer if path == "-" else open_input(path)
+        self.lines = BoundedLines(self.stream, max_line_bytes)
+
+    def fingerprint(self) -> dict:
+        return self.lines.fingerprint()
 
     def count(self) -> int | None:
         return None if self.path == "-" else _count_lines(Path(self.path))
@@ -125,9 +192,16 @@ class _LineReader(Reader):
         if self.stream is not sys.stdin.buffer:
             self.stream.close()
 
-    def rows(self, skip: int = 0) -> Iterator[InputRow]:
-        for number, raw in enumerate(self.stream, 1):
+    def rows(self, skip: int = 0, expect: dict | None = None) -> Iterator[InputRow]:
+        number = 0
+        for raw in self.lines:
+            number += 1
             if number <= skip:
+                if number == skip:
+                    verify_fingerprint(self.path, self.fingerprint(), expect)
+                continue
+            if isinstance(raw, int):
+                yield InputRow(number, None, self.lines.too_long(raw), number)
                 continue
             try:
                 line = _decode(raw, number == 1)
@@ -135,6 +209,8 @@ class _LineReader(Reader):
                 yield InputRow(number, None, f"not valid UTF-8 ({exc.reason} at byte {exc.start})", number)
                 continue
             yield self.parse(number, line)
+        if number < skip:  # fewer rows than the interrupted run had already done
+            verify_fingerprint(self.path, self.fingerprint(), expect)
 
     def parse(self, number: int, line: str) -> InputRow:
         raise NotImplementedError
@@ -148,16 +224,47 @@ class JsonlReader(_LineReader):
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
             return InputRow(number, None, f"invalid JSON ({exc.msg} at column {exc.colno})", number)
+        except RecursionError:
+            return InputRow(number, None, f"invalid JSON (nested deeper than {MAX_JSON_DEPTH} levels)", number)
+        except ValueError:  # Python refuses to convert integers of over 4,300 digits (a CPU-time guard)
+            return InputRow(number, None, "invalid JSON (an integer of over 4,300 digits)", number)
+        if line.count("[") + line.count("{") > MAX_JSON_DEPTH and _depth(obj) > MAX_JSON_DEPTH:
+            return InputRow(number, None, f"invalid JSON (nested deeper than {MAX_JSON_DEPTH} levels)", number)
+        if "\\u" in line and _SURROGATE_ESCAPE.search(line) and _has_lone_surrogate(obj):
+            return InputRow(number, None, "not valid Unicode (a lone surrogate \\uD800-\\uDFFF escape)", number)
         if not isinstance(obj, dict):
             return InputRow(number, None, f"a JSON {type(obj).__name__}, not an object", number)
         return InputRow(number, obj, None, number)
 
 
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _has_lone_surrogate(obj) -> bool:
+    # A paired escape (an emoji) decodes to one character; a lone one stays a surrogate, which no UTF-8 writer and
+    # no tokenizer accepts. Only lines with such an escape get here, so the extra encoding is rare.
+    try:
+        json.dumps(obj, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _depth(obj) -> int:
+    deepest, stack = 0, [(obj, 1)]
+    while stack:  # iterative: the point is to survive depths that recursion does not
+        value, depth = stack.pop()
+        if isinstance(value, (dict, list)):
+            deepest = max(deepest, depth)
+            stack.extend((v, depth + 1) for v in (value.values() if isinstance(value, dict) else value))
+    return deepest
+
+
 class TextReader(_LineReader):
     """One review per line; the line (without its line break) is the text and the line number the id."""
 
-    def __init__(self, path: str, text_field: str):
-        super().__init__(path, text_field)
+    def __init__(self, path: str, text_field: str, max_line_bytes: int):
+        super().__init__(path, text_field, max_line_bytes)
         self.columns = [text_field]
 
     def parse(self, number: int, line: str) -> InputRow:
@@ -166,14 +273,19 @@ class TextReader(_LineReader):
 
 class CsvReader(Reader):
     """A header row, then one row per record (quoted fields may span lines). Values stay strings: CSV has no types.
-    Blank lines are not rows (as in pyarrow's CSV reader, which the Ray engine uses)."""
+    Blank lines are not rows (as in pyarrow's CSV reader, which the Ray engine uses).
 
-    def __init__(self, path: str):
+    Parsed strictly, so that a stray quote is a bad row rather than a silent merge: a quote never closed (the field
+    would run to the end of the file) or closed mid-field is reported, naming the lines it swallowed; a field is
+    capped at the line limit; the text limit and the field count catch the rest."""
+
+    def __init__(self, path: str, max_line_bytes: int):
         self.path = path
         self.stream = sys.stdin.buffer if path == "-" else open_input(path)
-        self.bad_lines: set[int] = set()
-        self.lines = self._lines()
-        self.reader = csv.reader(self.lines)
+        self.bad_lines: dict[int, str] = {}
+        self.lines = BoundedLines(self.stream, max_line_bytes)
+        csv.field_size_limit(max_line_bytes)  # process-wide, but a job reads one CSV
+        self.reader = csv.reader(self._lines(), strict=True)
         try:
             header = next(self.reader)
         except StopIteration:
@@ -185,13 +297,20 @@ class CsvReader(Reader):
         self.columns = header
 
     def _lines(self) -> Iterator[str]:
-        # Decode line by line so that one line of bad UTF-8 spoils only its own row.
-        for number, raw in enumerate(self.stream, 1):
+        # Decode line by line so that one line of bad UTF-8 (or one over the limit) spoils only its own row.
+        for number, raw in enumerate(self.lines, 1):
+            if isinstance(raw, int):
+                self.bad_lines[number] = f"line {number} is {self.lines.too_long(raw)}"
+                yield "\ufffd\n"  # a stand-in the row's error replaces; never the line itself
+                continue
             try:
                 yield raw.decode("utf-8").removeprefix("\ufeff") if number == 1 else raw.decode("utf-8")
             except UnicodeDecodeError:
-                self.bad_lines.add(number)
+                self.bad_lines[number] = "not valid UTF-8"
                 yield raw.decode("utf-8", errors="replace")
+
+    def fingerprint(self) -> dict:
+        return self.lines.fingerprint()
 
     def count(self) -> int | None:
         return None if self.path == "-" else max(0, _count_lines(Path(self.path)) - 1)
@@ -200,34 +319,47 @@ class CsvReader(Reader):
         if self.stream is not sys.stdin.buffer:
             self.stream.close()
 
-    def rows(self, skip: int = 0) -> Iterator[InputRow]:
+    def rows(self, skip: int = 0, expect: dict | None = None) -> Iterator[InputRow]:
         width, number = len(self.columns), 0
         while True:
             start = self.reader.line_num + 1
             try:
                 fields = next(self.reader)
+                error = None
             except StopIteration:
+                if number < skip:  # fewer rows than the interrupted run had already done
+                    verify_fingerprint(self.path, self.fingerprint(), expect)
                 return
             except csv.Error as exc:
-                number += 1
-                if number > skip:
-                    yield InputRow(number, None, f"unreadable CSV ({exc})", start)
-                continue
-            if not fields:
+                fields, error = None, self._csv_error(exc, start)
+            if fields == []:
                 continue
             number += 1
             if number <= skip:
+                if number == skip:
+                    verify_fingerprint(self.path, self.fingerprint(), expect)
                 continue
-            if any(line in self.bad_lines for line in range(start, self.reader.line_num + 1)):
-                yield InputRow(number, None, "not valid UTF-8", start)
+            bad = [self.bad_lines.pop(n) for n in range(start, self.reader.line_num + 1) if n in self.bad_lines]
+            if error or bad:
+                yield InputRow(number, None, error or bad[0], start)
             elif len(fields) != width:
                 yield InputRow(number, None, f"{len(fields)} fields, the header has {width}", start)
             else:
                 yield InputRow(number, dict(zip(self.columns, fields)), None, start)
 
+    def _csv_error(self, exc: csv.Error, start: int) -> str:
+        end = self.reader.line_num
+        lines = f"line {start}" if end == start else f"lines {start}-{end}"
+        if "unexpected end of data" in str(exc):
+            return f"unclosed quote: a quoted field opened in this row runs to the end of the file ({lines})"
+        if "field limit" in str(exc):
+            return f"a field over the line limit ({self.lines.limit:,} characters, --max-line-bytes; {lines})"
+        return f"malformed CSV ({exc}; {lines}): a stray quote?"
+
 
 class ParquetReader(Reader):
-    """Row groups are read a batch at a time; a resumed job skips whole row groups without reading them."""
+    """Row groups are read a batch at a time; a resumed job skips whole row groups without reading them. Its
+    fingerprint is the whole file's sha256 (rows are not laid out as a prefix of the bytes), read once."""
 
     def __init__(self, path: str, wanted: Iterable[str]):
         pa = _pyarrow()
@@ -243,6 +375,17 @@ class ParquetReader(Reader):
         self.schema = self.file.schema_arrow
         self.columns = list(self.schema.names)
         self.wanted = [c for c in dict.fromkeys(wanted) if c in self.columns]
+        self._fingerprint: dict | None = None
+
+    def fingerprint(self) -> dict:
+        if self._fingerprint is None:
+            sha, size = hashlib.sha256(), 0
+            with open(self.path, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    sha.update(block)
+                    size += len(block)
+            self._fingerprint = {"bytes": size, "sha256": sha.hexdigest()}
+        return self._fingerprint
 
     def count(self) -> int:
         return self.file.metadata.num_rows
@@ -250,7 +393,9 @@ class ParquetReader(Reader):
     def close(self) -> None:
         self.file.close()
 
-    def rows(self, skip: int = 0) -> Iterator[InputRow]:
+    def rows(self, skip: int = 0, expect: dict | None = None) -> Iterator[InputRow]:
+        if skip:
+            verify_fingerprint(self.path, self.fingerprint(), expect)
         meta, group, number = self.file.metadata, 0, 0
         while group < meta.num_row_groups and number + meta.row_group(group).num_rows <= skip:
             number += meta.row_group(group).num_rows
@@ -285,13 +430,14 @@ def open_input(path: str) -> BinaryIO:
         raise InputError(f"cannot read {path} ({exc.strerror})") from exc
 
 
-def open_reader(path: str, fmt: str, text_field: str, wanted: Iterable[str]) -> Reader:
+def open_reader(path: str, fmt: str, text_field: str, wanted: Iterable[str],
+                max_line_bytes: int = MIN_MAX_LINE_BYTES) -> Reader:
     if fmt == "jsonl":
-        return JsonlReader(path, text_field)
+        return JsonlReader(path, text_field, max_line_bytes)
     if fmt == "text":
-        return TextReader(path, text_field)
+        return TextReader(path, text_field, max_line_bytes)
     if fmt == "csv":
-        return CsvReader(path)
+        return CsvReader(path, max_line_bytes)
     if fmt == "parquet":
         return ParquetReader(path, wanted)
     raise InputError(f"unknown input format {fmt!r}")
@@ -304,30 +450,52 @@ def gate_columns(manifest: dict) -> list[str]:
     return [f"mean_{g}_gate" for g in ("forget", "update") if g in gates]
 
 
-def text_problem(value, field: str) -> str | None:
+def text_problem(value, field: str, max_chars: int | None = None) -> str | None:
     if value is None:
         return f"missing text (no {field!r} field or null)"
     if not isinstance(value, str):
         return f"{field!r} is not a string (got {type(value).__name__})"
+    if max_chars is not None and len(value) > max_chars:
+        return f"text too long ({len(value):,} characters; the limit is {max_chars:,}, --max-text-chars)"
     if not value.strip():
         return "empty text"
     return None
 
 
-def score_texts(rt, values: list, batch_size: int = 64, diagnostics: bool = False, field: str = "text") -> list[dict]:
+def _encode_each(rt, texts: list[str]) -> list:
+    """`rt.encode` text by text, after it failed on a whole chunk: the texts it fails on become None."""
+    out = []
+    for text in texts:
+        try:
+            out.append(rt.encode([text])[0])
+        except Exception:  # noqa: BLE001 - whatever one text does to the tokenizer costs that row only
+            out.append(None)
+    return out
+
+
+def score_texts(rt, values: list, batch_size: int = 64, diagnostics: bool = False, field: str = "text",
+                max_chars: int | None = None) -> list[dict]:
     """One dict per value: label, score (P(positive)), num_tokens, truncated (+ the compact diagnostics), or only
-    `error` for a value that cannot be scored. Scoring goes through `ModelRuntime.predict` (length-sorted batches)."""
+    `error` for a value that cannot be scored (`max_chars`: longer texts are not scored). Scoring goes through
+    `ModelRuntime.predict` (length-sorted batches)."""
     results: list[dict | None] = [None] * len(values)
     ok = []
     for i, value in enumerate(values):
-        problem = text_problem(value, field)
+        problem = text_problem(value, field, max_chars)
         if problem:
             results[i] = {"error": problem}
         else:
             ok.append(i)
+    texts = [values[i] for i in ok]
+    try:
+        encodings = rt.encode(texts)
+    except Exception:  # noqa: BLE001 - find the text(s) to blame rather than end the job
+        encodings = _encode_each(rt, texts)
     scorable = []
-    for i, enc in zip(ok, rt.encode([values[i] for i in ok])):
-        if enc.num_tokens == 0:
+    for i, enc in zip(ok, encodings):
+        if enc is None:
+            results[i] = {"error": "could not be tokenized"}
+        elif enc.num_tokens == 0:
             results[i] = {"error": "no tokens left after cleaning"}
         else:
             scorable.append((i, enc))
@@ -381,8 +549,27 @@ def _json_default(value):
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
+def _finite(value):
+    """`value` with NaN and ±Infinity replaced by None, recursively: JSON has no such numbers."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def json_text(value) -> str:
+    """Strict JSON (NaN and ±Infinity, which JSONL inputs and Parquet floats can hold, become null)."""
+    try:
+        return json.dumps(value, ensure_ascii=False, allow_nan=False, default=_json_default)
+    except ValueError:  # a non-finite float somewhere: rare, so only then walk the value
+        return json.dumps(_finite(value), ensure_ascii=False, allow_nan=False, default=_json_default)
+
+
 def jsonl_line(record: dict) -> str:
-    return json.dumps(record, ensure_ascii=False, default=_json_default) + "\n"
+    return json_text(record) + "\n"
 
 
 def _csv_cell(value) -> str:
@@ -391,8 +578,10 @@ def _csv_cell(value) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (list, dict)):
-        return json.dumps(value, ensure_ascii=False, default=_json_default)
-    return repr(value) if isinstance(value, float) else str(value)
+        return json_text(value)
+    if isinstance(value, float):
+        return repr(value) if math.isfinite(value) else ""  # written as null, as in JSONL
+    return str(value)
 
 
 class Writer:

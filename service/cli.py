@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import stat
 import sys
 import time
 from collections import Counter
@@ -27,6 +28,7 @@ from service import batch_io
 from service.artifacts import ArtifactError, discover, load_manifest
 from service.batch_io import InputError, InputRow, JobError, RowFailure
 from service.runtime import ModelRuntime, ProviderError
+from service.settings import Settings
 
 DEFAULT_MODEL_ROOT = Path(__file__).resolve().parents[1] / "exported"
 DEFAULT_MODEL_NAME = "imdb-lstm"
@@ -34,6 +36,8 @@ DEFAULT_MODEL_NAME = "imdb-lstm"
 # little padding and per-chunk fsyncs cost nothing, small enough that a kill loses seconds of work.
 DEFAULT_CHUNK_SIZE = 4096
 MAX_ERROR_EXAMPLES = 10
+# The HTTP service's limit (413 over it): the same texts are scored, or refused, by both.
+DEFAULT_MAX_TEXT_CHARS = Settings.model_fields["max_text_chars"].default
 
 
 def resolve_model(model_dir: str | None, name: str | None) -> Path:
@@ -79,6 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
                       help="add top positive/negative tokens, unknown share and the mean forget/update gate")
     rows.add_argument("--on-error", choices=("skip", "fail"), default="skip",
                       help="bad rows: written with an 'error' field (skip, default) or stop the job (fail, exit 1)")
+    rows.add_argument("--max-text-chars", type=int, default=DEFAULT_MAX_TEXT_CHARS,
+                      help=f"longer texts are bad rows (default: {DEFAULT_MAX_TEXT_CHARS:,}, the HTTP service's limit)")
+    rows.add_argument("--max-line-bytes", type=int, default=None,
+                      help="longer lines (JSONL, CSV, text) are bad rows, never read whole (default: 1 MiB, or 8 "
+                           "bytes per --max-text-chars if more)")
     job = p.add_argument_group("job")
     job.add_argument("--resume", action="store_true", help="continue an interrupted run into the same output")
     job.add_argument("--restart", action="store_true", help="discard an interrupted run's partial output and start over")
@@ -111,18 +120,19 @@ class Job:
     batch_size: int
     resume: bool = False
     restart: bool = False
+    max_text_chars: int = DEFAULT_MAX_TEXT_CHARS
+    max_line_bytes: int = batch_io.MIN_MAX_LINE_BYTES
     columns: list[str] = field(default_factory=list)  # output columns, set once the model is known
     score_columns: list[str] = field(default_factory=list)  # the ones scoring fills: label .. diagnostics
 
     def identity(self, rt: ModelRuntime) -> dict:
-        """What a resumed run must share with the interrupted one for the output to be the same."""
+        """What a resumed run must share with the interrupted one for the output to be the same. (The input's
+        content is checked apart: the checkpoint's `input` fingerprint, see `batch_io.BoundedLines`.)"""
         src = {"input": self.input}
         if self.input != "-":
-            stat = Path(self.input).stat()
-            src = {"input": str(Path(self.input).resolve()), "input_size": stat.st_size,
-                   "input_mtime_ns": stat.st_mtime_ns}
+            src = {"input": str(Path(self.input).resolve()), "input_size": Path(self.input).stat().st_size}
         keys = ("input_format", "output_format", "text_field", "id_field", "keep_fields", "diagnostics", "chunk_size",
-                "batch_size")
+                "batch_size", "max_text_chars", "max_line_bytes")
         model = {"name": rt.name, "version": rt.version, "sha256": rt.manifest["files"]["model.onnx"].get("sha256")}
         return {**src, **{k: getattr(self, k) for k in keys}, "model": model}
 
@@ -130,6 +140,8 @@ class Job:
 def make_job(args: argparse.Namespace) -> Job:
     if args.chunk_size < 1 or args.batch_size < 1:
         raise InputError("--chunk-size and --batch-size must be at least 1")
+    if args.max_text_chars < 1 or (args.max_line_bytes is not None and args.max_line_bytes < 1):
+        raise InputError("--max-text-chars and --max-line-bytes must be at least 1")
     if args.resume and args.restart:
         raise InputError("--resume and --restart contradict each other")
     if args.output == "-" and (args.resume or args.restart):
@@ -140,16 +152,49 @@ def make_job(args: argparse.Namespace) -> Job:
     job = Job(args.input, args.output, batch_io.input_format(args.input, args.input_format),
               batch_io.output_format(args.output, args.output_format), args.text_field, args.id_field or "id",
               args.id_field is not None, keep, args.diagnostics, args.on_error, args.chunk_size, args.batch_size,
-              args.resume, args.restart)
+              args.resume, args.restart, args.max_text_chars,
+              args.max_line_bytes or batch_io.default_max_line_bytes(args.max_text_chars))
     if job.input_format == "text" and job.id_explicit:
         raise InputError("plain-text input has no fields: its ids are line numbers (drop --id-field)")
     if args.output != "-" and "://" not in args.output:
         out = Path(args.output)
         if not out.parent.is_dir():
             raise InputError(f"output directory {out.parent} does not exist")
-        if args.input != "-" and out.resolve() == Path(args.input).resolve():
-            raise InputError("the output would overwrite the input")
+    refuse_writing_over_input(args)
     return job
+
+
+def _input_identity(path: str) -> tuple[int, int] | None:
+    """(device, inode) of the input: the file, or the file stdin was redirected from; None for a pipe."""
+    try:
+        st = os.fstat(sys.stdin.fileno()) if path == "-" else os.stat(path)
+    except (OSError, ValueError):  # missing (reported when it is opened), or no real stdin (as under pytest)
+        return None
+    return (st.st_dev, st.st_ino) if stat.S_ISREG(st.st_mode) else None
+
+
+def refuse_writing_over_input(args: argparse.Namespace) -> None:
+    """Every file the job writes or replaces (OUTPUT, OUTPUT.partial, the checkpoint, the summary and their
+    temporary files), compared with the input by inode, so that hard links, symlinks and other spellings count."""
+    source = _input_identity(args.input)
+    if source is None:
+        return
+    paths = []
+    if args.output != "-" and "://" not in args.output:
+        paths += [("the output", args.output), ("the output's partial file", args.output + ".partial"),
+                  ("the output's parts", args.output + ".parts"),
+                  ("the checkpoint", args.output + ".checkpoint.json"),
+                  ("the checkpoint's temporary file", args.output + ".checkpoint.json.tmp")]
+    if args.summary_json:
+        paths += [("the summary", args.summary_json), ("the summary's temporary file", args.summary_json + ".tmp")]
+    for role, path in paths:
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue  # not there (yet), so not the input
+        if (st.st_dev, st.st_ino) == source:
+            raise InputError(f"{role}, {path}, is the input file ({args.input}): refusing to overwrite the input; "
+                             "pick another --output or --summary-json")
 
 
 def set_columns(job: Job, manifest: dict) -> None:
@@ -203,7 +248,7 @@ def score_chunk(rt: ModelRuntime, rows: list[InputRow], job: Job, tally: Tally) 
     """Score one chunk (length-sorted batches inside `score_texts`) and return its records in input order."""
     readable = [i for i, row in enumerate(rows) if row.error is None]
     scored = batch_io.score_texts(rt, [rows[i].values.get(job.text_field) for i in readable], job.batch_size,
-                                  job.diagnostics, job.text_field)
+                                  job.diagnostics, job.text_field, job.max_text_chars)
     results: list[dict] = [{"error": row.error} for row in rows]
     for i, result in zip(readable, scored):
         results[i] = result
@@ -241,7 +286,7 @@ def run_local(job: Job, rt: ModelRuntime, quiet: bool) -> dict:
     if job.output != "-" and Path(job.output).is_dir():
         raise InputError(f"{job.output} is a directory; the local engine writes one file")
     wanted = [job.text_field, job.id_field, *job.keep_fields]
-    reader = batch_io.open_reader(job.input, job.input_format, job.text_field, wanted)
+    reader = batch_io.open_reader(job.input, job.input_format, job.text_field, wanted, job.max_line_bytes)
     writer = None
     try:
         check_fields(job, reader.columns, job.input)
@@ -271,20 +316,22 @@ def run_local(job: Job, rt: ModelRuntime, quiet: bool) -> dict:
             return summary(job, rt, tally, 0, 0.0, skip)
 
         started = time.perf_counter()
-        rows = reader.rows(skip)
+        rows = reader.rows(skip, previous.get("input") if previous else None)
         chunk = _take(rows, job.chunk_size)
         if job.input_format == "jsonl" and not previous:
             check_fields(job, jsonl_columns(chunk), f"{job.input} (first {len(chunk)} rows)")
         state = writer.open(previous["writer"] if previous else None)
         if checkpoint:
-            checkpoint.save({"job": identity, "tally": tally.state(), "writer": state, "complete": False})
+            checkpoint.save({"job": identity, "tally": tally.state(), "writer": state, "complete": False,
+                             "input": reader.fingerprint()})
         show = not quiet and sys.stderr.isatty()
         with progress_bar(reader.count() if show else None, skip, show) as bar:
             while chunk:
                 records = score_chunk(rt, chunk, job, tally)
                 state = writer.write(records)
                 if checkpoint:  # only after the chunk is on disk (write fsyncs), so a kill never loses a row
-                    checkpoint.save({"job": identity, "tally": tally.state(), "writer": state, "complete": False})
+                    checkpoint.save({"job": identity, "tally": tally.state(), "writer": state, "complete": False,
+                                     "input": reader.fingerprint()})
                 bar.update(len(chunk))
                 chunk = _take(rows, job.chunk_size)
             if show and bar.total != bar.n:  # a CSV count is an estimate (quoted fields may span lines)
@@ -329,14 +376,27 @@ def summary(job: Job, rt: ModelRuntime, tally: Tally, rows_this_run: int, elapse
     }
 
 
+def _plural(n: int, word: str) -> str:
+    return f"{n:,} {word}{'' if n == 1 else 's'}"
+
+
 def print_summary(s: dict) -> None:
     labels = ", ".join(f"{label} {n:,}" for label, n in s["labels"].items())
-    rate = f"{s['rows_per_s']:,.1f} rows/s" if s["rows_per_s"] else "no rows scored this run"
+    if s["rows_this_run"]:  # the rate from the counts, not the rounded `rows_per_s` (3 rows in 90 s round to 0.0)
+        per_s = s["rows_this_run"] / s["elapsed_s"] if s["elapsed_s"] else 0.0
+        rate = f"{per_s:,.{1 if per_s >= 1 else 3}f} rows/s" if per_s else _plural(s["rows_this_run"], "row") + " this run"
+    else:
+        rate = "no rows left to score this run"
     resumed = f" (resumed after row {s['resumed_from_row']:,})" if s["resumed_from_row"] else ""
-    print(f"sentiment-score: {s['rows']:,} rows{resumed}, {s['errors']:,} errors; {labels}; {rate}, "
+    print(f"sentiment-score: {_plural(s['rows'], 'row')}{resumed}, {_plural(s['errors'], 'error')}; {labels}; {rate}, "
           f"{s['elapsed_s']:.1f} s -> {s['output'] if s['output'] != '-' else 'stdout'}", file=sys.stderr)
-    for example in s["error_examples"][:3]:
+    shown = s["error_examples"][:3]
+    for example in shown:
         print(f"  {example['where']}: {example['error']}", file=sys.stderr)
+    if s["errors"] > len(shown):
+        listed = len(s["error_examples"])
+        more = f" (the first {listed:,} in --summary-json)" if listed > len(shown) else ""
+        print(f"  +{s['errors'] - len(shown):,} more{more}", file=sys.stderr)
 
 
 def fail(message: str) -> None:
