@@ -18,7 +18,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
 from starlette.routing import Match, Mount
 
-from service import errors
+from service import errors, tracing
 from service.batching import MicroBatcher
 from service.metrics import Metrics, MetricsMiddleware
 from service.registry import ModelRegistry
@@ -29,12 +29,13 @@ log = logging.getLogger("sentiment.app")
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 
 
-def _start(state: ServiceState, registry: ModelRegistry) -> None:
+def _start(state: ServiceState, registry: ModelRegistry, tracer: tracing.BatchTracer | None) -> None:
     s = state.settings
     state.registry = registry
     for rt in registry:
         batcher = MicroBatcher(rt, max_items=s.max_batch_items, max_tokens=s.max_batch_tokens,
                                max_wait_ms=s.max_wait_ms, queue_size=s.queue_size, metrics=state.metrics)
+        batcher.tracer = tracer
         batcher.start()
         state.batchers[rt.name] = batcher
         state.metrics.model_info.labels(rt.name, rt.version, rt.provider).set(1)
@@ -60,15 +61,20 @@ class PageMount(Mount):
         return super().matches(scope)
 
 
-def create_app(settings: Settings | None = None, registry: ModelRegistry | None = None) -> FastAPI:
-    """The app; `registry` lets a caller that already loaded the models (sentiment-serve) skip loading them again."""
+def create_app(settings: Settings | None = None, registry: ModelRegistry | None = None,
+               tracer_provider=None) -> FastAPI:
+    """The app; `registry` lets a caller that already loaded the models (sentiment-serve) skip loading them again.
+    Tracing (service/tracing.py) is on with `tracer_provider`, or when the OTEL_* variables ask for it."""
     settings = settings or Settings()
     state = ServiceState(settings=settings, metrics=Metrics())
+    own_provider = tracer_provider is None and tracing.enabled()
+    provider = tracing.provider_from_env() if own_provider else tracer_provider
+    batch_tracer = None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         loaded = registry or await asyncio.to_thread(ModelRegistry.load, settings)
-        _start(state, loaded)
+        _start(state, loaded, batch_tracer)
         log.info("ready: %d model(s), default %s", len(loaded), loaded.default)
         try:
             yield
@@ -76,6 +82,8 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
             state.ready = False
             for batcher in state.batchers.values():
                 await batcher.stop()
+            if own_provider:
+                provider.shutdown()  # exports the spans still buffered
             state.tokenizer_pool.shutdown(wait=False)
 
     app = FastAPI(title="IMDB sentiment service", version="1.0.0", lifespan=lifespan,
@@ -97,4 +105,6 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["content-type", "authorization", "x-api-key"])
+    if provider is not None:
+        batch_tracer = tracing.instrument(app, provider)
     return app

@@ -51,6 +51,7 @@ class _Job:
     enqueued: float = field(default_factory=time.perf_counter)
     probs: np.ndarray | None = None
     remaining: int = 0
+    trace: object = None  # the request's tracing context, when tracing is on
 
     @property
     def size(self) -> int:
@@ -79,6 +80,8 @@ def plan_calls(items: list[tuple[int, int]], max_items: int, max_tokens: int) ->
 
 
 class MicroBatcher:
+    tracer = None  # a service.tracing.BatchTracer when tracing is on; None costs one test per job and call
+
     def __init__(self, runtime: ModelRuntime, *, max_items: int, max_tokens: int, max_wait_ms: float,
                  queue_size: int, metrics: Metrics | None = None):
         self.runtime = runtime
@@ -135,6 +138,8 @@ class MicroBatcher:
         if self._waiting and self._waiting + len(encoded) > self.queue_size:
             raise QueueFull(f"{self._waiting} texts are already waiting (queue size {self.queue_size})")
         job = _Job(encoded, asyncio.get_running_loop().create_future(), remaining=len(encoded))
+        if self.tracer is not None:
+            job.trace = self.tracer.submitted(self.runtime, encoded)
         self._jobs.append(job)
         self._set_waiting(self._waiting + job.size)
         self._wakeup.set()
@@ -206,6 +211,8 @@ class MicroBatcher:
             job.probs = np.empty((job.size, len(self.runtime.labels)), dtype=np.float32)
             if self.metrics:
                 self.metrics.queue_wait.labels(self.runtime.name).observe(now - job.enqueued)
+            if self.tracer is not None:
+                self.tracer.waited(job.trace, job.enqueued, now)
             items += [((j, i), e.num_tokens) for i, e in enumerate(job.encoded)]
         loop = asyncio.get_running_loop()
         for call in plan_calls(items, self.max_items, self.max_tokens):
@@ -220,7 +227,11 @@ class MicroBatcher:
                 log.exception("onnxruntime call of %d texts failed", len(encoded))
                 self._fail([jobs[j] for j in {j for j, _ in live}], exc)
                 continue
-            self._record(encoded, time.perf_counter() - started)
+            ended = time.perf_counter()
+            self._record(encoded, ended - started)
+            if self.tracer is not None:
+                self.tracer.inferred([jobs[j].trace for j in dict.fromkeys(j for j, _ in live)], started, ended,
+                                     self.runtime, len(encoded), sum(e.num_tokens for e in encoded))
             for row, (j, i) in enumerate(live):
                 job = jobs[j]
                 job.probs[i] = probs[row]
