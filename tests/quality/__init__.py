@@ -1,0 +1,1 @@
+"""The probe suite (CheckList-style minimum-functionality tests): data, generator and runner."""
