@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 
@@ -30,6 +31,10 @@ def _settings_error(exc: ValidationError) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Each tokenizing call runs on the one thread that made it (ServiceState.tokenizer_pool), not on a Rayon pool
+    # as wide as the machine: a max-size batch of hostile text then takes one core, not all of them, and the event
+    # loop keeps a core to answer everyone else. Set before the tokenizers are loaded; an explicit value wins.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     parser = argparse.ArgumentParser(prog="sentiment-serve", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--host", default="127.0.0.1")

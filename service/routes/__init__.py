@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import hmac
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Annotated
 
@@ -26,6 +27,11 @@ class ServiceState:
     batchers: dict[str, MicroBatcher] = field(default_factory=dict)
     ready: bool = False
     diagnosing: int = 0  # texts in (or waiting for) a diagnostics worker thread
+    # Tokenizing runs here, never on the event loop: a 64 x 20,000-character batch of hostile text is seconds of
+    # tokenizer work (which releases the GIL), and the loop must keep answering everyone else meanwhile. A pool of
+    # its own, so a burst of diagnostics in asyncio's default pool cannot hold plain requests at this step.
+    tokenizer_pool: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(max_workers=2, thread_name_prefix="tokenize"))
 
     def retry_after(self) -> dict[str, str]:
         return {"Retry-After": str(self.settings.retry_after_s)}

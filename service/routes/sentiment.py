@@ -1,5 +1,6 @@
-"""POST /v1/sentiment and /v1/sentiment/batch: limits, tokenization, then plain scoring through the micro-batcher
-or, when asked, the diagnostics graph in a worker thread (so plain scoring never pays for diagnostics).
+"""POST /v1/sentiment and /v1/sentiment/batch: limits, tokenization (in worker threads, never on the event loop),
+then plain scoring through the micro-batcher or, when asked, the diagnostics graph in a worker thread (so plain
+scoring never pays for diagnostics).
 
 Both paths are bounded by `queue_size`: past it a request gets 503 at once instead of waiting in an unbounded line.
 A client that disconnects while its texts wait for the model takes them out of the queue: nobody would read the
@@ -30,8 +31,10 @@ def _check_length(state: ServiceState, text: str, where: str = "text") -> None:
         raise ApiError(413, "text_too_large", f"{where} has {len(text)} characters; the limit is {limit}")
 
 
-def _encode(rt: ModelRuntime, texts: list[str], truncate, where: list[str]) -> list[Encoded]:
-    encoded = rt.encode(texts, truncate)
+async def _encode(state: ServiceState, rt: ModelRuntime, texts: list[str], truncate, where: list[str]) -> list[Encoded]:
+    """Tokenized in the state's tokenizer threads (see ServiceState.tokenizer_pool), off the event loop."""
+    loop = asyncio.get_running_loop()
+    encoded = await loop.run_in_executor(state.tokenizer_pool, rt.encode, texts, truncate)
     for enc, name in zip(encoded, where):
         if enc.num_tokens == 0:
             raise ApiError(422, "no_tokens", f"{name} has nothing to score after cleaning (only markup or spaces?)")
@@ -119,7 +122,7 @@ async def _run(request: Request, state: ServiceState, rt: ModelRuntime, texts: l
 async def sentiment(body: SentimentRequest, state: State, request: Request) -> dict:
     rt = state.require_ready().get(body.model)
     _check_length(state, body.text)
-    encoded = _encode(rt, [body.text], body.truncate, ["text"])
+    encoded = await _encode(state, rt, [body.text], body.truncate, ["text"])
     # include_hidden and attribution are parts of the diagnostics report, so asking for them asks for it.
     diagnostics = body.diagnostics or body.include_hidden or body.attribution
     results = await _run(request, state, rt, [body.text], encoded, diagnostics, body.include_hidden, body.attribution)
@@ -136,7 +139,7 @@ async def sentiment_batch(body: BatchRequest, state: State, request: Request) ->
     texts = [item.text for item in body.items]
     for i, text in enumerate(texts):
         _check_length(state, text, f"items[{i}].text")
-    encoded = _encode(rt, texts, body.truncate, [f"items[{i}].text" for i in range(len(texts))])
+    encoded = await _encode(state, rt, texts, body.truncate, [f"items[{i}].text" for i in range(len(texts))])
     results = await _run(request, state, rt, texts, encoded, body.diagnostics)
     for item, result in zip(body.items, results):
         result["id"] = item.id
