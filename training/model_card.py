@@ -22,11 +22,13 @@ def render(manifest: dict, comparison_md: str | None = None, notes: str | None =
         f"- Embedding {m['vocab_size']} x {m['embedding_dim']} (initialised from {tr['config']['embeddings']}), "
         f"{m['num_layers']} x {'bidirectional ' if m['bidirectional'] else ''}{m['cell'].upper()} "
         f"(hidden {m['hidden_size']}), {m['pooling']} pooling over time, linear head.",
+        *_ngram_lines(m, met),
         f"- Dropout {m['dropout']} (embedding channel dropout {m['embedding_dropout']}).",
-        f"- Input: at most {manifest['max_tokens']} tokens, truncation `{manifest['truncation']['strategy']}` "
-        f"(first {manifest['truncation']['head_tokens']} + last {manifest['max_tokens'] - manifest['truncation']['head_tokens']}"
-        " tokens of longer reviews).",
-        f"- Calibration: temperature {manifest['temperature']:.3f} fitted on validation.",
+        f"- Input: whole texts up to a safety cap of {manifest['max_tokens']} tokens (past it, truncation "
+        f"`{manifest['truncation']['strategy']}` keeps the first {manifest['truncation']['head_tokens']} tokens and the end).",
+        _calibration_line(manifest, met),
+        f"- Diagnostics: running score {manifest.get('diagnostics', {}).get('running_score') or 'not available'}, "
+        f"contributions by {manifest.get('diagnostics', {}).get('contribution', 'occlusion')} (log-odds).",
         "",
         "## Data",
         f"- IMDB train split (aclImdb): {counts.get('train', '?')} training reviews, {counts.get('val', '?')} validation "
@@ -35,9 +37,14 @@ def render(manifest: dict, comparison_md: str | None = None, notes: str | None =
         "reviews (train/unsup) when `word2vec` is named above.",
         "",
         "## Validation metrics",
-        f"- Accuracy: **{met['val_accuracy']:.4f}** (best epoch {met.get('best_epoch')} of {met.get('epochs_run')}).",
+        f"- Accuracy: **{met['val_accuracy']:.4f}**{_interval(met, counts)} (best epoch {met.get('best_epoch')} of "
+        f"{met.get('epochs_run')}).",
+        *([f"- Parts alone: recurrent network {met['val_accuracy_rnn']:.4f}, n-gram branch "
+           f"{met['val_accuracy_ngram']:.4f}."] if "val_accuracy_rnn" in met else []),
         f"- Expected calibration error (15 bins): {met['ece_before']:.4f} before, {met['ece_after']:.4f} after "
-        f"temperature scaling; NLL {met['val_nll_before']:.4f} -> {met['val_nll_after']:.4f}.",
+        f"calibration; NLL {met['val_nll_before']:.4f} -> {met['val_nll_after']:.4f}."
+        + (f" On sentence crops of the validation reviews (1-3 sentences, the review's label): accuracy "
+           f"{met['crop_accuracy']:.4f}, ECE {met['ece_crops']:.4f}." if "ece_crops" in met else ""),
         f"- Training time: {met['train_seconds'] / 60:.1f} min on a 2-core CPU (excluding tokenizer and word2vec).",
         "",
         "| epoch | train loss | train acc | val loss | val acc | seconds | max grad norm |",
@@ -55,8 +62,33 @@ def render(manifest: dict, comparison_md: str | None = None, notes: str | None =
     parts += ["", "## Limits",
               "- Trained on movie reviews: other domains (products, tweets) will score less reliably.",
               "- English only; words outside the vocabulary map to [UNK] (the diagnostics report their share).",
-              "- Very long reviews are truncated (the response says so)."]
+              f"- Texts over {manifest['max_tokens']} tokens are truncated (the response says so)."]
     return "\n".join(parts) + "\n"
+
+
+def _ngram_lines(m: dict, met: dict) -> list[str]:
+    if not m.get("ngram_buckets"):
+        return []
+    a, b, c = met.get("mix", [1.0, 0.0, 0.0])
+    return [f"- Plus a hashed n-gram branch (orders 1-{m['ngram_order']}, {m['ngram_buckets']:,} buckets per order >= 2) "
+            "whose weights are fitted by NB-weighted logistic regression (NBSVM, Wang & Manning 2012) on the training "
+            f"split; final log-odds = {a:.3f} x network + {b:.3f} x n-gram + {c:.3f}, fitted on validation."]
+
+
+def _calibration_line(manifest: dict, met: dict) -> str:
+    if "mix" in met:
+        return "- Calibration: the mix above is a logistic regression on validation (temperature 1)."
+    return f"- Calibration: temperature {manifest['temperature']:.3f} fitted on validation."
+
+
+def _interval(met: dict, counts: dict) -> str:
+    from training.baselines import wilson_interval
+
+    n = counts.get("val") or 0
+    if not n:
+        return ""
+    low, high = wilson_interval(round(met["val_accuracy"] * n), n)
+    return f" (95% interval {low:.4f}-{high:.4f}, {n} reviews)"
 
 
 def write(out: Path, manifest: dict, comparison: str | Path | None = None, notes: str | Path | None = None) -> None:

@@ -153,8 +153,9 @@ def evaluate(model, ids, labels) -> dict:
     return {"loss": F.cross_entropy(logits, y).item(), "accuracy": (logits.argmax(1) == y).float().mean().item()}
 
 
-# A resumed run keeps its checkpoint's settings except how long to train (`--resume --epochs 10` extends a run).
-RESUME_OVERRIDES = ("epochs", "patience", "time_budget_min")
+# A resumed run keeps its checkpoint's settings except how long to train (`--resume --epochs 10` extends a run) and
+# the n-gram fit, which happens after the network trains.
+RESUME_OVERRIDES = ("epochs", "patience", "time_budget_min", "ngram_c")
 
 
 def train(cfg: TrainConfig, resume: bool = False) -> dict:
