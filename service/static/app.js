@@ -21,6 +21,7 @@ const state = {
   text: "",        // the text it scored
   active: null,    // token index under the cursor or focus
   charts: [],      // handles with setCursor(i)
+  tokenEls: [],    // the strip's token spans, by index (no selector scans over thousands of tokens)
   request: null,   // AbortController of the request in flight
   seq: 0,          // numbers analyses, so only the latest one updates the page
 };
@@ -190,6 +191,7 @@ async function analyse(event) {
 }
 
 function render() {
+  const started = performance.now();
   const r = state.result;
   const d = r.diagnostics;
   $("results").hidden = false;
@@ -205,20 +207,61 @@ function render() {
   note.hidden = !r.truncated;
   note.textContent = r.truncated ? `The review is longer than the model reads: only ${r.num_tokens} tokens were scored` +
     (m ? ` (${m.truncation} truncation, at most ${m.max_tokens}). Skipped parts are marked in the strip.` : ".") : "";
-  const hasAttribution = d.tokens.length > 0 && d.tokens[0].attribution !== undefined;
+  const hasAttribution = d.tokens.some((t) => Number.isFinite(t.attribution));
+  const hasContribution = d.summary.contribution_method != null;
   $("colour-by").hidden = !hasAttribution;
-  if (!hasAttribution) document.querySelector('input[name="colour-by"][value="score_delta"]').checked = true;
+  document.querySelector('input[name="colour-by"][value="contribution"]').disabled = !hasContribution;
+  if (!hasAttribution || (!hasContribution && hasAttribution)) {
+    document.querySelector(`input[name="colour-by"][value="${hasContribution || !hasAttribution ? "contribution" : "attribution"}"]`).checked = true;
+  }
+  const contributionNote = $("contribution-note");
+  contributionNote.hidden = hasContribution;
+  contributionNote.textContent = hasContribution ? "" : `No per-token contributions for this review: ${d.summary.contribution_note || "the model gave none"}.`;
+  renderVerdictWhy(r, d);
   renderTopTokens(d);
   renderTokens();
   renderGateSelect(d);
   renderHiddenSelect(d);
   drawCharts();
+  // How long the page took to draw this report (read by the page tests; long reviews must stay responsive).
+  $("results").dataset.renderMs = String(Math.round(performance.now() - started));
+}
+
+const q = (text) => `“${text}”`;
+const logodds = (v) => `${signed(v, 2)}`;
+
+/** The sentence under the verdict: the words that moved the decision most towards the predicted label (by
+ * contribution, in log-odds, as ranked by the API's summary), then the strongest ones against it. */
+function renderVerdictWhy(r, d) {
+  const box = $("verdict-why");
+  box.replaceChildren();
+  const s = d.summary;
+  if (s.contribution_method == null) {
+    box.textContent = "The service gave no per-token contributions for this review, so the page cannot say which words decided it.";
+    return;
+  }
+  const positive = r.label === "positive";
+  const forIt = (positive ? s.top_positive : s.top_negative).slice(0, 3);
+  const against = (positive ? s.top_negative : s.top_positive).slice(0, 2);
+  const words = (list) => list.flatMap((t, k) => {
+    const word = document.createElement("strong");
+    word.textContent = q(t.text);
+    const sep = k === list.length - 1 ? "" : k === list.length - 2 ? " and " : ", ";
+    return [word, ` (${logodds(t.contribution)})${sep}`];
+  });
+  if (forIt.length) box.append(`${positive ? "Positive" : "Negative"} mainly because of `, ...words(forIt));
+  else box.append(`No single word pushed towards ${r.label}`);
+  if (against.length) box.append("; pulling the other way: ", ...words(against));
+  box.append(". Contributions in log-odds");
+  const method = s.contribution_method === "occlusion" ? ", by occlusion" : "";
+  box.append(`${method}.`);
 }
 
 function renderTopTokens(d) {
   const box = $("top-tokens");
   box.replaceChildren();
-  for (const [title, list] of [["Pushed towards positive", d.summary.top_positive], ["Pushed towards negative", d.summary.top_negative]]) {
+  for (const [title, list] of [["Pushed towards positive (log-odds)", d.summary.top_positive],
+    ["Pushed towards negative (log-odds)", d.summary.top_negative]]) {
     if (!list.length) continue;
     const p = document.createElement("p");
     p.append(`${title}: `);
@@ -226,8 +269,8 @@ function renderTopTokens(d) {
       const b = document.createElement("button");
       b.type = "button";
       b.className = "linkish";
-      b.textContent = `${t.text} (${signed(t.score_delta)})`;
-      b.setAttribute("aria-label", `${t.text}, score ${signed(t.score_delta)}: show token ${t.index + 1}`);
+      b.textContent = `${t.text} (${logodds(t.contribution)})`;
+      b.setAttribute("aria-label", `${t.text}, contribution ${signed(t.contribution)} log-odds: show token ${t.index + 1}`);
       b.addEventListener("click", () => focusToken(t.index));
       p.append(b, i < list.length - 1 ? ", " : "");
     });
@@ -237,11 +280,11 @@ function renderTopTokens(d) {
 
 // -- token strip -------------------------------------------------------------------------------------------------
 
-/** The colour scale's end: the 95th percentile of |value| (at least 0.02), so one outlier (often the first token, whose
- * change is measured from 0.5) does not wash out every other token; stronger values take the end colour. */
+/** The colour scale's end, symmetric around 0: the 95th percentile of |value| in log-odds (at least 0.05), so one
+ * outlier does not wash out every other token; stronger values take the end colour (the legend says "≤"/"≥"). */
 function colourLimit(values) {
-  const sorted = values.map(Math.abs).sort((a, b) => b - a);
-  return Math.max(0.02, sorted[Math.floor(sorted.length * 0.05)] ?? 0);
+  const sorted = values.filter(Number.isFinite).map(Math.abs).sort((x, y) => y - x);
+  return Math.max(0.05, sorted[Math.floor(sorted.length * 0.05)] ?? 0);
 }
 
 const colourMetric = () => document.querySelector('input[name="colour-by"]:checked').value;
@@ -259,53 +302,92 @@ function gapNode(gap) {
   return document.createTextNode(gap.length ? " " : "");
 }
 
+const exact = (t) => Number.isFinite(t.running_score);
+/** Running score before this token: the previous prefix's (0.5 before the first token, as score_delta is defined). */
+const scoreBefore = (t) => t.running_score - t.score_delta;
+
 function tokenLabel(t, metric) {
-  const before = t.running_score - t.score_delta;
-  let label = `Token ${t.index + 1}: ${t.text}${t.unknown ? " (unknown to the model)" : ""}. ` +
-    `Running score ${fmt(before)} to ${fmt(t.running_score)} (${signed(t.score_delta)}).`;
-  if (t.attribution !== undefined) label += ` Occlusion attribution ${signed(t.attribution)}.`;
+  let label = `Token ${t.index + 1}: ${t.text}${t.unknown ? " (unknown to the model)" : ""}.`;
+  if (Number.isFinite(t.contribution)) label += ` Contribution ${signed(t.contribution)} log-odds.`;
+  if (exact(t)) label += ` Running score ${fmt(scoreBefore(t))} to ${fmt(t.running_score)} (${signed(t.score_delta)}).`;
+  if (Number.isFinite(t.attribution)) label += ` Occlusion attribution ${signed(t.attribution)} log-odds.`;
   if (metric === "attribution") label += " Coloured by attribution.";
   return label;
 }
 
+/** Builds the strip once per report, off-document in one fragment (a 5,000-token review is one insertion and one
+ * layout, not 5,000); colours are set by colourTokens. */
 function renderTokens() {
   const d = state.result.diagnostics;
-  const metric = colourMetric();
-  const values = d.tokens.map((t) => t[metric] ?? 0);
-  const limit = colourLimit(values);
-  const clipped = values.some((v) => Math.abs(v) > limit);
-  const strip = $("token-strip");
-  strip.replaceChildren();
+  const fragment = document.createDocumentFragment();
+  const els = new Array(d.tokens.length);
   let cursor = 0;
   d.tokens.forEach((t, i) => {
-    strip.append(gapNode(state.text.slice(cursor, t.start)));
+    fragment.append(gapNode(state.text.slice(cursor, t.start)));
     cursor = t.end;
     const span = document.createElement("span");
-    const v = values[i] / limit;
-    span.className = `tok${t.unknown ? " unk" : ""}`;
+    span.className = t.unknown ? "tok unk" : "tok";
     span.textContent = t.text;
-    const background = puor(v);
-    span.style.backgroundColor = background;
-    span.style.color = inkOn(background);
     span.tabIndex = i === 0 ? 0 : -1;
     span.dataset.index = String(i);
     span.setAttribute("role", "option");
     span.setAttribute("aria-selected", "false");
-    span.setAttribute("aria-label", tokenLabel(t, metric));
-    strip.append(span);
+    els[i] = span;
+    fragment.append(span);
   });
-  strip.append(gapNode(state.text.slice(cursor)));
-  const what = metric === "attribution" ? "occlusion attribution" : "change in running score";
-  legend($("token-legend"), PUOR, -limit, limit, "towards negative", "towards positive", `colour: ${what}`, clipped);
-  strip.setAttribute("aria-label", `Review tokens, coloured by ${what}. Use the arrow keys to move between tokens.`);
+  fragment.append(gapNode(state.text.slice(cursor)));
+  state.tokenEls = els;
+  $("token-strip").replaceChildren(fragment);
+  colourTokens();
 }
 
-const tokenEl = (i) => $("token-strip").querySelector(`[data-index="${i}"]`);
+/** Colours the strip by the chosen metric (contribution or attribution, both in log-odds) and labels each token. */
+function colourTokens() {
+  const d = state.result.diagnostics;
+  const metric = colourMetric();
+  const values = d.tokens.map((t) => t[metric]);
+  const coloured = values.some(Number.isFinite);
+  const limit = colourLimit(values);
+  const clipped = values.some((v) => Math.abs(v) > limit);
+  // Several tokens share each colour: compute each colour and its ink once (the scale has ~100 visible steps).
+  const cache = new Map();
+  const paint = (v) => {
+    const key = Math.round(Math.max(-1, Math.min(1, v / limit)) * 100);
+    if (!cache.has(key)) {
+      const background = puor(key / 100);
+      cache.set(key, [background, inkOn(background)]);
+    }
+    return cache.get(key);
+  };
+  state.tokenEls.forEach((span, i) => {
+    const [background, ink] = Number.isFinite(values[i]) ? paint(values[i]) : ["", ""];
+    span.style.backgroundColor = background;
+    span.style.color = ink;
+    span.setAttribute("aria-label", tokenLabel(d.tokens[i], metric));
+  });
+  const what = metric === "attribution" ? "occlusion attribution" : "contribution to the verdict";
+  const s = d.summary;
+  let extra = `colour: ${what}, in log-odds`;
+  if (metric === "contribution" && s.contribution_method && s.contribution_method !== "occlusion") {
+    extra += ` (exact, ${s.contribution_method}: baseline ${signed(s.contribution_baseline)} + the tokens' sum = ` +
+      `${signed(s.final_logodds)}, the final log-odds)`;
+  } else if (metric === "attribution" || s.contribution_method === "occlusion") {
+    extra += " (occlusion: the drop in log-odds when the token is replaced by [UNK]; not additive)";
+  }
+  const box = $("token-legend");
+  if (coloured) legend(box, PUOR, -limit, limit, "towards negative", "towards positive", extra, clipped, "log-odds");
+  else box.replaceChildren();
+  $("token-strip").setAttribute("aria-label", coloured
+    ? `Review tokens, coloured by ${what} in log-odds. Use the arrow keys to move between tokens.`
+    : "Review tokens (not coloured: no contributions for this review). Use the arrow keys to move between tokens.");
+}
+
+const tokenEl = (i) => (i === null || i === undefined ? undefined : state.tokenEls[i]);
 
 function focusToken(i) {
   const el = tokenEl(i);
   if (!el) return;
-  $("token-strip").querySelectorAll('[tabindex="0"]').forEach((x) => { x.tabIndex = -1; });
+  $("token-strip").querySelectorAll('.tok[tabindex="0"]').forEach((x) => { x.tabIndex = -1; });
   el.tabIndex = 0;
   el.focus();
 }
@@ -314,9 +396,13 @@ function tipContent(t) {
   const d = state.result.diagnostics;
   const rows = [
     ["Token", `${t.text}${t.token && t.token !== t.text ? ` → ${t.token}` : ""}${t.unknown ? " (unknown)" : ""}`],
-    ["Score before → after", `${fmt(t.running_score - t.score_delta)} → ${fmt(t.running_score)} (${signed(t.score_delta)})`],
   ];
-  if (t.attribution !== undefined) rows.push(["Occlusion attribution", signed(t.attribution)]);
+  const method = d.summary.contribution_method;
+  rows.push(["Contribution", Number.isFinite(t.contribution)
+    ? `${signed(t.contribution)} log-odds${method === "occlusion" ? " (occlusion)" : ""}` : "not computed"]);
+  // Only an exact model has a prefix reading; a bidirectional one's "running score" would not be one.
+  if (exact(t)) rows.push(["Score before → after", `${fmt(scoreBefore(t))} → ${fmt(t.running_score)} (${signed(t.score_delta)})`]);
+  if (Number.isFinite(t.attribution)) rows.push(["Occlusion attribution", `${signed(t.attribution)} log-odds`]);
   for (const layer of d.layers) {
     const gates = Object.entries(layer.gate_mean).map(([g, v]) => `${g} ${fmt(v[t.index], 2)}`).join(", ");
     rows.push([`L${layer.layer} ${layer.direction}`,
@@ -365,7 +451,8 @@ function setActive(i, fromStrip = false) {
   for (const chart of state.charts) chart.setCursor(i);
   const d = state.result.diagnostics;
   const t = i === null ? null : d.tokens[i];
-  $("score-readout").textContent = t ? `Token ${i + 1} “${t.text}”: running score ${fmt(t.running_score)} (${signed(t.score_delta)})` : "";
+  $("score-readout").textContent = t && exact(t)
+    ? `Token ${i + 1} “${t.text}”: running score ${fmt(t.running_score)} (${signed(t.score_delta)})` : "";
   const gate = $("gate-select").value;
   $("gate-readout").textContent = t && gate ? `Token ${i + 1} “${t.text}”, ${gate} gate: ` +
     d.layers.map((l) => `L${l.layer} ${l.direction} ${fmt(l.gate_mean[gate]?.[i], 3)}`).join(", ") : "";
@@ -412,15 +499,31 @@ function renderHiddenSelect(d) {
 function describeScore(tokens, r) {
   if (!tokens.length) return "No tokens.";
   const scores = tokens.map((t) => t.running_score);
-  const lo = scores.indexOf(Math.min(...scores));
-  const hi = scores.indexOf(Math.max(...scores));
+  let lo = 0;
+  let hi = 0;
+  scores.forEach((v, i) => {
+    if (v < scores[lo]) lo = i;
+    if (v > scores[hi]) hi = i;
+  });
   return `Running score over ${tokens.length} tokens: starts at ${fmt(scores[0])} after “${tokens[0].text}”, ` +
     `lowest ${fmt(scores[lo])} at “${tokens[lo].text}” (token ${lo + 1}), highest ${fmt(scores[hi])} at “${tokens[hi].text}” ` +
     `(token ${hi + 1}), ends at ${fmt(r.score)}: ${r.label}.`;
 }
 
+/** The running score, only where it is a real reading of each prefix; otherwise the service's reason, in its place. */
 function drawScoreChart(d, r, labels) {
-  return lineChart($("score-chart"), {
+  const note = $("score-note");
+  const box = $("score-chart");
+  const isExact = d.summary.running_score_method != null && d.tokens.every(exact);
+  note.hidden = isExact;
+  if (!isExact) {
+    note.textContent = `No running score for this model: ${d.summary.running_score_note || "the service gave none"}. ` +
+      "A line here would not be what the model reads up to each token, so none is drawn.";
+    box.replaceChildren();
+    return null;
+  }
+  note.textContent = "";
+  return lineChart(box, {
     series: [{ name: "running score", values: d.tokens.map((t) => t.running_score), colour: "#542788", dash: "" }],
     labels, yMin: 0, yMax: 1, baseline: 0.5, endLabel: `${fmt(r.score)} ${r.label}`,
     title: "Running score across the review", description: describeScore(d.tokens, r),
@@ -454,7 +557,7 @@ function drawGateChart(d, labels) {
   }
   const series = d.layers.map((l) => ({ name: `L${l.layer} ${l.direction}`, values: l.gate_mean[gate] }));
   const description = series.map((s) => `${s.name}: mean ${fmt(s.values.reduce((a, b) => a + b, 0) / s.values.length)}, ` +
-    `from ${fmt(Math.min(...s.values))} to ${fmt(Math.max(...s.values))}`).join("; ");
+    `from ${fmt(s.values.reduce((a, b) => Math.min(a, b)))} to ${fmt(s.values.reduce((a, b) => Math.max(a, b)))}`).join("; ");
   const chart = lineChart(box, { series, labels, yMin: 0, yMax: 1, title: `Mean ${gate} gate at each token`,
     description: `${description}.`, onHover: (i) => setActive(i) });
   const key = document.createElement("ul");
@@ -488,7 +591,16 @@ function drawHeatmap(d) {
   });
   units.sort((a, b) => b.score - a.score);
   const rows = units.slice(0, count);
-  const limit = Math.max(0.05, ...rows.flatMap((r) => r.values.map(Math.abs)));
+  // Loops, not Math.max(...spread): a long review has more values than a call may take arguments.
+  let lowest = Infinity;
+  let highest = -Infinity;
+  for (const row of rows) {
+    for (const v of row.values) {
+      if (v < lowest) lowest = v;
+      if (v > highest) highest = v;
+    }
+  }
+  const limit = Math.max(0.05, Math.abs(lowest), Math.abs(highest));
   const onHover = (c, r) => {
     if (c !== null) setActive(c);
     $("heatmap-readout").textContent = c !== null && r !== null
@@ -500,9 +612,9 @@ function drawHeatmap(d) {
   legend($("heatmap-legend"), RDBU, -limit, limit, "activation", "", `rows: the ${rows.length} ${what} of ${block.size} units${capped ? "; capped by the service" : ""}`);
   const peak = rows[0];
   canvas.setAttribute("aria-label", `Heatmap of the ${rows.length} ${what} hidden units of layer ${block.layer} ` +
-    `${block.direction} over ${n} tokens, values from ${fmt(Math.min(...rows.flatMap((r) => r.values)))} to ` +
-    `${fmt(Math.max(...rows.flatMap((r) => r.values)))}. The top unit, ${peak?.label}, ranges from ` +
-    `${fmt(Math.min(...(peak?.values || [0])))} to ${fmt(Math.max(...(peak?.values || [0])))}.${capped}`);
+    `${block.direction} over ${n} tokens, values from ${fmt(lowest)} to ${fmt(highest)}. The top unit, ${peak?.label}, ` +
+    `ranges from ${fmt(peak ? peak.values.reduce((a, b) => Math.min(a, b)) : 0)} to ` +
+    `${fmt(peak ? peak.values.reduce((a, b) => Math.max(a, b)) : 0)}.${capped}`);
   return chart;
 }
 
@@ -536,7 +648,7 @@ function init() {
   });
   $("model").addEventListener("change", renderModelInfo);
   $("api-key").addEventListener("change", () => loadModels());  // a key was entered after a 401: try again with it
-  document.querySelectorAll('input[name="colour-by"]').forEach((x) => x.addEventListener("change", renderTokens));
+  document.querySelectorAll('input[name="colour-by"]').forEach((x) => x.addEventListener("change", colourTokens));
   for (const id of ["gate-select", "hidden-block", "hidden-rank", "hidden-count"]) $(id).addEventListener("change", drawCharts);
 
   const strip = $("token-strip");

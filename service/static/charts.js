@@ -20,14 +20,22 @@ function hexToRgb(hex) {
   return [(n >> 16) & 255, (n >> 8) & 255, n & 255];
 }
 
-/** A function t in [-1, 1] -> "rgb(...)", interpolating the palette's stops (0 is the middle stop). */
-export function diverging(palette) {
+/** A function t in [-1, 1] -> [r, g, b], interpolating the palette's stops (0 is the middle stop). */
+function divergingRgb(palette) {
   const stops = palette.map(hexToRgb);
   return (t) => {
     const x = (Math.max(-1, Math.min(1, Number.isFinite(t) ? t : 0)) + 1) / 2 * (stops.length - 1);
     const i = Math.min(stops.length - 2, Math.floor(x));
     const f = x - i;
-    const c = stops[i].map((v, k) => Math.round(v + (stops[i + 1][k] - v) * f));
+    return stops[i].map((v, k) => Math.round(v + (stops[i + 1][k] - v) * f));
+  };
+}
+
+/** A function t in [-1, 1] -> "rgb(...)", interpolating the palette's stops (0 is the middle stop). */
+export function diverging(palette) {
+  const rgb = divergingRgb(palette);
+  return (t) => {
+    const c = rgb(t);
     return `rgb(${c[0]}, ${c[1]}, ${c[2]})`;
   };
 }
@@ -57,8 +65,9 @@ export function signed(value, digits = 3) {
   return Number.isFinite(value) ? (value > 0 ? "+" : value < 0 ? "−" : "±") + Math.abs(value).toFixed(digits) : "–";
 }
 
-/** A legend: a gradient bar with its two ends labelled ("≤"/"≥" when stronger values are clipped to the ends). */
-export function legend(el, palette, min, max, leftWord, rightWord, extra = "", clipped = false) {
+/** A legend: a gradient bar with its two ends labelled ("≤"/"≥" when stronger values are clipped to the ends), each
+ * end followed by `unit` when given (e.g. "log-odds"). */
+export function legend(el, palette, min, max, leftWord, rightWord, extra = "", clipped = false, unit = "") {
   el.replaceChildren();
   const ends = document.createElement("div");
   ends.className = "legend-row";
@@ -67,9 +76,10 @@ export function legend(el, palette, min, max, leftWord, rightWord, extra = "", c
   bar.style.backgroundImage = `linear-gradient(to right, ${palette.join(", ")})`;
   bar.setAttribute("aria-hidden", "true");
   const left = document.createElement("span");
-  left.textContent = `${leftWord} ${clipped ? "≤ " : ""}${signed(min)}`;
+  const u = unit ? ` ${unit}` : "";
+  left.textContent = `${leftWord} ${clipped ? "≤ " : ""}${signed(min)}${u}`;
   const right = document.createElement("span");
-  right.textContent = `${clipped ? "≥ " : ""}${signed(max)} ${rightWord}`;
+  right.textContent = `${clipped ? "≥ " : ""}${signed(max)}${u} ${rightWord}`;
   ends.append(left, bar, right);
   el.append(ends);
   if (extra) {
@@ -107,7 +117,32 @@ function frame(container, width, height, title, description) {
 }
 
 /**
- * Line chart over token positions.
+ * The points of one series worth drawing at `columns` pixels: all of them when there are few, else per pixel column
+ * the first, lowest, highest and last point (in index order), so a 5,000-token review draws ~4 points per pixel and
+ * keeps every spike a full line would show. Returns the kept indices.
+ */
+export function downsample(values, columns) {
+  const n = values.length;
+  if (n <= 2 * columns) return values.map((_, i) => i);
+  const kept = [];
+  const per = n / columns;
+  for (let b = 0; b < columns; b++) {
+    const start = Math.floor(b * per);
+    const end = Math.min(n, Math.floor((b + 1) * per));
+    if (start >= end) continue;
+    let lo = start;
+    let hi = start;
+    for (let i = start + 1; i < end; i++) {
+      if (values[i] < values[lo]) lo = i;
+      if (values[i] > values[hi]) hi = i;
+    }
+    for (const i of [start, Math.min(lo, hi), Math.max(lo, hi), end - 1]) if (kept[kept.length - 1] !== i) kept.push(i);
+  }
+  return kept;
+}
+
+/**
+ * Line chart over token positions (long series are downsampled to the chart's width, see downsample()).
  * opts: { series: [{name, values}], labels: [token text], yMin, yMax, baseline?, endLabel?, title, description,
  *         onHover(index|null), yTicks? }
  */
@@ -136,9 +171,10 @@ export function lineChart(container, opts) {
 
   const cursor = svg("line", { y1: m.top, y2: m.top + h, class: "cursor", visibility: "hidden" }, root);
   opts.series.forEach((s, k) => {
-    const d = s.values.map((v, i) => `${i ? "L" : "M"}${x(i).toFixed(1)},${y(v).toFixed(1)}`).join("");
-    svg("path", { d, class: "series", stroke: s.colour || SERIES[k % SERIES.length], "stroke-dasharray": s.dash ?? DASHES[k % DASHES.length] },
-      root);
+    const kept = downsample(s.values, Math.max(1, Math.round(w)));
+    const d = kept.map((i, j) => `${j ? "L" : "M"}${x(i).toFixed(1)},${y(s.values[i]).toFixed(1)}`).join("");
+    svg("path", { d, class: "series", stroke: s.colour || SERIES[k % SERIES.length], "stroke-dasharray": s.dash ?? DASHES[k % DASHES.length],
+      "data-points": kept.length }, root);
     if (n <= 80) {
       s.values.forEach((v, i) => svg("circle", { cx: x(i), cy: y(v), r: 2.2, fill: s.colour || SERIES[k % SERIES.length] }, root));
     }
@@ -213,13 +249,15 @@ export function heatmap(canvas, cursorEl, opts) {
   const n = opts.columns.length;
   const labelW = 52;
   const avail = Math.max(200, (host.clientWidth || 600) - labelW - 8);
-  const cellW = Math.max(2, Math.min(28, avail / Math.max(1, n)));  // long reviews: thin columns, scroll below 2px
+  const dpr = window.devicePixelRatio || 1;
+  // Long reviews: thin columns, scrolling below 2px; but never a canvas wider than browsers draw (32,767 device px).
+  const widest = (32_000 / dpr - labelW - 8) / Math.max(1, n);
+  const cellW = Math.min(widest, Math.max(2, Math.min(28, avail / Math.max(1, n))));
   const cellH = opts.rows.length > 40 ? 9 : 12;
   const showTokens = cellW >= 11;
   const bottom = showTokens ? 64 : 22;
   const width = Math.ceil(labelW + n * cellW + 8);
   const height = Math.ceil(opts.rows.length * cellH + bottom + 4);
-  const dpr = window.devicePixelRatio || 1;
   canvas.width = width * dpr;
   canvas.height = height * dpr;
   canvas.style.width = `${width}px`;
@@ -227,18 +265,31 @@ export function heatmap(canvas, cursorEl, opts) {
   const ctx = canvas.getContext("2d");
   ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
   ctx.clearRect(0, 0, width, height);
-  const colour = diverging(opts.palette);
-  ctx.font = "10px system-ui, sans-serif";
-  ctx.textBaseline = "middle";
+  // One pixel per cell in an offscreen image, then scaled up unsmoothed: a 5,000-token review with 64 units is one
+  // image write and one draw, not 320,000 fillRect calls.
+  const colour = divergingRgb(opts.palette);
+  const cells = new ImageData(Math.max(1, n), Math.max(1, opts.rows.length));
   opts.rows.forEach((row, r) => {
-    ctx.fillStyle = "#333";
-    ctx.textAlign = "right";
-    if (cellH >= 9) ctx.fillText(row.label, labelW - 4, r * cellH + cellH / 2 + 2);
     row.values.forEach((v, c) => {
-      ctx.fillStyle = colour(v / opts.limit);
-      ctx.fillRect(labelW + c * cellW, r * cellH + 2, Math.ceil(cellW), cellH);
+      const [red, green, blue] = colour(v / opts.limit);
+      const at = (r * n + c) * 4;
+      cells.data[at] = red;
+      cells.data[at + 1] = green;
+      cells.data[at + 2] = blue;
+      cells.data[at + 3] = 255;
     });
   });
+  const image = document.createElement("canvas");
+  image.width = cells.width;
+  image.height = cells.height;
+  image.getContext("2d").putImageData(cells, 0, 0);
+  ctx.imageSmoothingEnabled = false;
+  if (n && opts.rows.length) ctx.drawImage(image, labelW, 2, n * cellW, opts.rows.length * cellH);
+  ctx.font = "10px system-ui, sans-serif";
+  ctx.textBaseline = "middle";
+  ctx.fillStyle = "#333";
+  ctx.textAlign = "right";
+  if (cellH >= 9) opts.rows.forEach((row, r) => ctx.fillText(row.label, labelW - 4, r * cellH + cellH / 2 + 2));
   const base = opts.rows.length * cellH + 6;
   ctx.fillStyle = "#333";
   if (showTokens) {
