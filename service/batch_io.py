@@ -34,8 +34,9 @@ ERROR_COLUMN = "error"
 # A line (a JSONL row, a text line, a CSV line) longer than this is a bad row, read past in bounded blocks, never
 # held whole: 1 MiB, or 8 bytes per allowed text character if that is more (a JSON \uXXXX escape takes 6).
 MIN_MAX_LINE_BYTES = 1 << 20
-# JSON nested deeper than this is a bad row: Python parses ~995 levels but its encoder, called from deeper in the
-# stack, cannot write them back, so a row nested "only" 990 deep would end the job in the writer.
+# JSON nested deeper than this is a bad row. How deep Python's parser and encoder reach depends on the stack they
+# are called from (the writer's is deeper than the reader's, so a row that parsed could fail to be written back):
+# a small fixed limit makes a row's fate independent of that.
 MAX_JSON_DEPTH = 100
 
 

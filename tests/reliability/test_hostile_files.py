@@ -53,6 +53,9 @@ PARSE_BOMBS = {
     "5001-digit integer": ('{"id": 2, "text": "fine", "n": ' + "9" * 5001 + "}", "invalid JSON"),
     "200000 nested [": ("[" * 200_000, "invalid JSON"),
     "200000 nested [ closed": ("[" * 200_000 + "]" * 200_000, "invalid JSON"),
+    # parsed and written before (the limit is ours, so that how deep the parser and encoder reach no longer
+    # depends on the stack they run on)
+    "id nested 150 deep": ('{"id": ' + "[" * 150 + "]" * 150 + ', "text": "fine"}', "invalid JSON (nested deeper"),
     "lone surrogate in the text": ('{"id": 2, "text": "bad \\ud800 text"}', "not valid Unicode"),
     "lone surrogate in the id": ('{"id": "\\udfff", "text": "fine film"}', "not valid Unicode"),
 }
