@@ -1,0 +1,214 @@
+"""Dynamic int8 quantization of an exported artifact, and its side-by-side check against the fp32 original.
+
+    python -m training.quantize --model-dir exported/imdb-lstm --out /tmp/imdb-lstm-int8
+    python -m training.quantize --model-dir exported/imdb-lstm --out /tmp/imdb-lstm-int8 --evaluate \
+        --data ../shared/data/aclImdb_train.tar.gz --report benchmarks/quantize_results.json
+
+Both graphs (`model.onnx` and `diagnostics.onnx`) go through onnxruntime's `quantize_dynamic` with the same settings:
+the LSTM op becomes `DynamicQuantizeLSTM` (int8 W and R, per output channel) and the embedding `Gather` reads an
+int8 table (then `DequantizeLinear`). The quantizer has no GRU or RNN kernel, so those cells stay fp32 and only
+their embedding shrinks. The output head and the diagnostics graph's per-gate MatMuls stay fp32: they are tiny, and
+the head is where rounding would move the calibrated probabilities most. Because both graphs quantize the same
+weights the same way, their int8 tensors are identical and share one `weights.bin`, as the fp32 export does; the
+diagnostics then explain the int8 network (its hidden states), not the fp32 one.
+
+The result is a complete artifact directory: tokenizer and model card copied, a manifest with the new name, a
+`quantization` block (source model and checksum, settings, op counts) and fresh sha256s, loadable by ModelRuntime.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import sys
+import tempfile
+import time
+from collections import Counter
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from service.artifacts import ArtifactError, load_manifest, sha256_of
+from training.onnx_graph import externalize
+
+GRAPHS = ("model.onnx", "diagnostics.onnx")
+OP_TYPES = ("LSTM", "Gather")
+
+
+class QuantizeError(RuntimeError):
+    """The artifact cannot be quantized as asked (bad input, existing output, inconsistent graphs)."""
+
+
+def quantize_graph(path: Path, out: Path, per_channel: bool) -> onnx.ModelProto:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    model = onnx.load(str(path))  # pulls the external weights.bin in beside it
+    # The quantizer logs a generic "consider pre-processing" warning on the root logger for every graph; the
+    # shape-inference pre-pass it suggests changes nothing in these small graphs.
+    logging.disable(logging.WARNING)
+    try:
+        # Symmetric int8 weights (zero point 0); the default today, spelled out so that a new default cannot slip in.
+        quantize_dynamic(model, str(out), op_types_to_quantize=list(OP_TYPES), per_channel=per_channel,
+                         weight_type=QuantType.QInt8, extra_options={"WeightSymmetric": True})
+    finally:
+        logging.disable(logging.NOTSET)
+    return onnx.load(str(out))
+
+
+def check_shared(graphs: dict[str, onnx.ModelProto]) -> None:
+    """externalize() writes each initializer name once; a name the graphs share must hold the same bytes."""
+    seen: dict[str, bytes] = {}
+    for fname, graph in graphs.items():
+        for t in graph.graph.initializer:
+            data = t.SerializeToString()
+            if seen.setdefault(t.name, data) != data:
+                raise QuantizeError(f"{fname}: initializer {t.name!r} differs from the other graph's after quantization")
+
+
+def quantize_artifact(model_dir: str | Path, out: str | Path, name: str | None = None, per_channel: bool = True,
+                      force: bool = False) -> dict:
+    """Write the int8 artifact directory `out` from the verified fp32 artifact `model_dir`; returns its manifest."""
+    import onnxruntime
+
+    src, out = Path(model_dir), Path(out)
+    manifest = load_manifest(src)
+    if out.resolve() == src.resolve():
+        raise QuantizeError(f"{out}: the output must not be the source artifact")
+    if out.exists() and any(out.iterdir()):
+        if not force:
+            raise QuantizeError(f"{out}: exists and is not empty (pass --force to replace it)")
+        shutil.rmtree(out)
+    with tempfile.TemporaryDirectory(prefix="quantize-") as tmp:
+        graphs = {f: quantize_graph(src / f, Path(tmp) / f, per_channel) for f in GRAPHS}
+    check_shared(graphs)
+    out.mkdir(parents=True, exist_ok=True)
+    externalize(graphs, out / "weights.bin")
+    for fname, graph in graphs.items():
+        onnx.save(graph, str(out / fname))
+        onnx.checker.check_model(str(out / fname))
+    shutil.copyfile(src / "tokenizer.json", out / "tokenizer.json")
+    ops = Counter(n.op_type for n in graphs["model.onnx"].graph.node)
+    cell = manifest["model"].get("cell")
+    quantized_cell = ops.get("DynamicQuantizeLSTM", 0) > 0
+    new = dict(manifest)
+    new["name"] = name or f"{manifest['name']}-int8"
+    new["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    new["quantization"] = {
+        "method": "onnxruntime.quantization.quantize_dynamic", "onnxruntime": onnxruntime.__version__,
+        "weights": "int8 symmetric" + (", per output channel" if per_channel else ", per tensor"),
+        "activations": "uint8, scale computed per call",
+        "op_types": list(OP_TYPES), "recurrent_cell": "int8 (DynamicQuantizeLSTM)" if quantized_cell
+        else f"fp32 ({cell}: onnxruntime has no dynamic int8 kernel for it)",
+        "source": {"name": manifest["name"], "version": manifest["version"],
+                   "model.onnx": manifest["files"]["model.onnx"]["sha256"],
+                   "weights.bin": manifest["files"].get("weights.bin", {}).get("sha256")},
+        "scoring_ops": dict(sorted(ops.items())),
+    }
+    if "diagnostics" in manifest:
+        new["diagnostics"] = {**manifest["diagnostics"], "quantized": "the diagnostics graph quantizes the same "
+                              "weights the same way, so it explains this int8 network; per-gate recomputation uses the "
+                              "fp32 gate weights"}
+    card = (src / "MODEL_CARD.md").read_text(encoding="utf-8") if (src / "MODEL_CARD.md").is_file() else ""
+    (out / "MODEL_CARD.md").write_text(
+        card.rstrip() + f"\n\n## int8 variant `{new['name']}`\n\nMade by `python -m training.quantize` from "
+        f"`{manifest['name']}` {manifest['version']}: {new['quantization']['weights']} weights for "
+        f"{', '.join(OP_TYPES)} ({new['quantization']['recurrent_cell']}). The metrics above are the fp32 model's; "
+        "measure this variant with `--evaluate`.\n", encoding="utf-8")
+    new["files"] = {p.name: {"sha256": sha256_of(p), "bytes": p.stat().st_size}
+                    for p in sorted(out.iterdir()) if p.is_file() and p.name != "manifest.json"}
+    (out / "manifest.json").write_text(json.dumps(new, indent=2) + "\n")
+    return new
+
+
+# -- side-by-side check -----------------------------------------------------------------------------------------------
+def validation_split(data: str, limit: int = 0) -> tuple[list[str], np.ndarray]:
+    """The grouped validation split training held out (TrainConfig defaults): texts and label indices."""
+    from training.config import TrainConfig
+    from training.data import grouped_split, load_labeled
+
+    cfg = TrainConfig()
+    _, val = grouped_split(load_labeled(data), cfg.val_fraction, cfg.seed)
+    val = val[:limit] if limit else val
+    return [e.text for e in val], np.array([e.label for e in val])
+
+
+def evaluate(fp32_dir: Path, int8_dir: Path, texts: list[str], labels: np.ndarray, threads: int = 1,
+             batch_size: int = 64, rounds: int = 3) -> dict:
+    """Accuracy, agreement, batched speed (the two take turns `rounds` times over the same tokenized texts, so other
+    load on a shared machine falls on both alike) and size of the two artifacts."""
+    from service.runtime import ModelRuntime
+
+    rts = {"fp32": ModelRuntime(fp32_dir, intra_op_threads=threads, inter_op_threads=1),
+           "int8": ModelRuntime(int8_dir, intra_op_threads=threads, inter_op_threads=1)}
+    encoded = rts["fp32"].encode(texts)  # same tokenizer file in both
+    probs = {k: rt.predict(encoded, batch_size) for k, rt in rts.items()}  # also the warm-up
+    seconds = {k: [] for k in rts}
+    for _ in range(rounds):
+        for k, rt in rts.items():
+            start = time.perf_counter()
+            rt.predict(encoded, batch_size)
+            seconds[k].append(time.perf_counter() - start)
+    report: dict = {"reviews": len(texts), "mean_tokens": float(np.mean([e.num_tokens for e in encoded])),
+                    "threads": threads, "batch_size": batch_size, "rounds": rounds}
+    for k, rt in rts.items():
+        pred = probs[k].argmax(1)
+        report[k] = {"name": rt.name, "accuracy": float((pred == labels).mean()) if len(labels) else None,
+                     "reviews_per_s": len(texts) / float(np.median(seconds[k])),
+                     "bytes": sum(f["bytes"] for f in rt.manifest["files"].values()),
+                     "onnx_and_weights_bytes": sum(f["bytes"] for n, f in rt.manifest["files"].items()
+                                                   if n.endswith((".onnx", ".bin")))}
+    report["accuracy_change_points"] = (report["int8"]["accuracy"] - report["fp32"]["accuracy"]) * 100
+    report["speedup"] = report["int8"]["reviews_per_s"] / report["fp32"]["reviews_per_s"]
+    report["size_ratio"] = report["int8"]["onnx_and_weights_bytes"] / report["fp32"]["onnx_and_weights_bytes"]
+    report["label_agreement"] = float((probs["fp32"].argmax(1) == probs["int8"].argmax(1)).mean())
+    report["max_abs_prob_diff"] = float(np.abs(probs["fp32"] - probs["int8"]).max())
+    report["wins"] = report["accuracy_change_points"] >= -0.3 and report["speedup"] > 1.0
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m training.quantize", description=__doc__.splitlines()[0])
+    p.add_argument("--model-dir", required=True, help="fp32 artifact directory, e.g. exported/imdb-lstm")
+    p.add_argument("--out", required=True, help="directory to write the int8 artifact to")
+    p.add_argument("--name", help="model name (default: the source's name + '-int8')")
+    p.add_argument("--per-tensor", action="store_true", help="one scale per weight tensor instead of per channel")
+    p.add_argument("--force", action="store_true", help="replace a non-empty --out")
+    p.add_argument("--evaluate", action="store_true", help="compare accuracy, speed and size with the source")
+    p.add_argument("--data", default="../shared/data/aclImdb_train.tar.gz", help="labelled data for --evaluate")
+    p.add_argument("--limit", type=int, default=0, help="evaluate on the first N validation reviews (default: all)")
+    p.add_argument("--threads", type=int, default=1, help="onnxruntime threads for the speed comparison")
+    p.add_argument("--rounds", type=int, default=3, help="timed passes of each model for --evaluate (median)")
+    p.add_argument("--report", help="write the --evaluate report as JSON here")
+    args = p.parse_args(argv)
+    try:
+        manifest = quantize_artifact(args.model_dir, args.out, args.name, per_channel=not args.per_tensor,
+                                     force=args.force)
+    except (ArtifactError, QuantizeError, OSError) as exc:
+        print(f"quantize: error: {exc}", file=sys.stderr)
+        return 2
+    size = sum(f["bytes"] for f in manifest["files"].values())
+    print(f"quantize: wrote {manifest['name']} to {args.out} ({size / 1e6:.1f} MB; "
+          f"{manifest['quantization']['recurrent_cell']})")
+    if not args.evaluate:
+        return 0
+    try:
+        texts, labels = validation_split(args.data, args.limit)
+    except Exception as exc:  # training.data raises DataError and OSError subclasses for unreadable data
+        print(f"quantize: error: cannot read {args.data}: {exc}", file=sys.stderr)
+        return 2
+    report = {"source": str(args.model_dir), "quantized": str(args.out), "data": str(args.data),
+              **evaluate(Path(args.model_dir), Path(args.out), texts, labels, threads=args.threads,
+                        rounds=args.rounds)}
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.report:
+        Path(args.report).write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
