@@ -104,6 +104,11 @@ class MicroBatcher:
         return self._waiting
 
     @property
+    def busy(self) -> bool:
+        """Jobs waiting or being scored (a retiring batcher is stopped once this is False: service/reload.py)."""
+        return bool(self._jobs or self._active)
+
+    @property
     def running(self) -> bool:
         return self._worker is not None and not self._worker.done()
 

@@ -34,13 +34,15 @@ class ModelRegistry:
                                 f"({', '.join(self.runtimes)})")
         self.default = default or (SHIPPED_DEFAULT if SHIPPED_DEFAULT in self.runtimes else min(self.runtimes))
 
+    @staticmethod
+    def load_one(directory, settings: Settings) -> ModelRuntime:
+        """One artifact directory, verified (checksums, tokenizer vs model, a warm-up inference) as at start-up."""
+        return ModelRuntime(directory, providers=settings.providers or None, intra_op_threads=settings.intra_op_threads,
+                            inter_op_threads=settings.inter_op_threads)
+
     @classmethod
     def load(cls, settings: Settings) -> ModelRegistry:
-        runtimes = []
-        for directory in discover(settings.model_root):
-            runtimes.append(ModelRuntime(directory, providers=settings.providers or None,
-                                         intra_op_threads=settings.intra_op_threads,
-                                         inter_op_threads=settings.inter_op_threads))
+        runtimes = [cls.load_one(directory, settings) for directory in discover(settings.model_root)]
         registry = cls(runtimes, settings.default_model)
         for rt in registry:
             log.info("serving %s %s on %s%s", rt.name, rt.version, rt.provider,
@@ -52,6 +54,12 @@ class ModelRegistry:
 
     def __len__(self) -> int:
         return len(self.runtimes)
+
+    def put(self, rt: ModelRuntime) -> ModelRuntime | None:
+        """Serve `rt` under its name from now on (a hot reload, service/reload.py); returns the runtime it replaces."""
+        previous = self.runtimes.get(rt.name)
+        self.runtimes[rt.name] = rt
+        return previous
 
     def get(self, name: str | None) -> ModelRuntime:
         """The named model (or the default); an unknown name is the client's 404."""

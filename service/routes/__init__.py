@@ -10,7 +10,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from service.batching import MicroBatcher
+from service.batching import BatcherStopped, MicroBatcher
 from service.errors import ApiError
 from service.metrics import Metrics
 from service.registry import ModelRegistry
@@ -27,11 +27,22 @@ class ServiceState:
     batchers: dict[str, MicroBatcher] = field(default_factory=dict)
     ready: bool = False
     diagnosing: int = 0  # texts in (or waiting for) a diagnostics worker thread
+    retiring: dict[int, MicroBatcher] = field(default_factory=dict)  # id(runtime) -> its batcher, replaced by a reload
     # Tokenizing runs here, never on the event loop: a 64 x 20,000-character batch of hostile text is seconds of
     # tokenizer work (which releases the GIL), and the loop must keep answering everyone else meanwhile. A pool of
     # its own, so a burst of diagnostics in asyncio's default pool cannot hold plain requests at this step.
     tokenizer_pool: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(max_workers=2, thread_name_prefix="tokenize"))
+
+    def batcher_for(self, rt) -> MicroBatcher:
+        """The batcher of this very runtime. A request that resolved its model before a hot reload (service/reload.py)
+        scores on that version, even when the swap happened while it was tokenizing."""
+        batcher = self.batchers[rt.name]
+        if batcher.runtime is not rt:
+            batcher = self.retiring.get(id(rt))
+            if batcher is None or batcher.runtime is not rt:
+                raise BatcherStopped(f"model {rt.name} {rt.version} was replaced while this request waited; retry")
+        return batcher
 
     def retry_after(self) -> dict[str, str]:
         return {"Retry-After": str(self.settings.retry_after_s)}

@@ -52,7 +52,7 @@ async def _submit_unless_gone(request: Request, state: ServiceState, rt: ModelRu
                               encoded: list[Encoded]) -> np.ndarray:
     """The batcher's result, or 499 if the client left first: cancelling the submit gives its queue slots back
     (see MicroBatcher.submit)."""
-    work = asyncio.ensure_future(state.batchers[rt.name].submit(encoded))
+    work = asyncio.ensure_future(state.batcher_for(rt).submit(encoded))
     gone = asyncio.ensure_future(_client_gone(request))
     try:
         await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
