@@ -228,7 +228,8 @@ function render() {
 }
 
 const q = (text) => `“${text}”`;
-const logodds = (v) => `${signed(v, 2)}`;
+// Two decimals, or three below 0.01 (so a small push does not read "−0.00").
+const logodds = (v) => signed(v, Math.abs(v) >= 0.01 ? 2 : 3);
 
 /** The sentence under the verdict: the words that moved the decision most towards the predicted label (by
  * contribution, in log-odds, as ranked by the API's summary), then the strongest ones against it. */

@@ -246,7 +246,8 @@ def test_verdict_line_names_the_words_with_the_largest_contributions(page, live_
     sign = 1 if api["label"] == "positive" else -1
     assert top["index"] == max(range(len(tokens)), key=lambda i: sign * tokens[i]["contribution"])
     why = page.inner_text("#verdict-why")
-    value = f"{'+' if top['contribution'] > 0 else '−'}{abs(top['contribution']):.2f}"
+    size = abs(top["contribution"])
+    value = f"{'+' if top['contribution'] > 0 else '−'}{size:.{2 if size >= 0.01 else 3}f}"  # as the page writes it
     assert why.startswith(f"{api['label'].capitalize()} mainly because of “{top['text']}” ({value})"), why
     if summary[against]:
         assert f"“{summary[against][0]['text']}”" in why.split("other way:")[1]
@@ -368,8 +369,8 @@ def test_long_review_renders_quickly(page, live_server):
     render_ms = int(page.get_attribute("#results", "data-render-ms"))
     print(f"{n} tokens: rendered in {render_ms} ms, {elapsed:.2f} s from click to done")
     assert page.locator("#token-strip .tok").count() == n >= 5_000
-    # Generous bounds (a busy 2-core machine): measured ~RENDER ms in-page here.
-    assert render_ms < 3_000 and elapsed < 10
+    # Generous bounds: 0.26-1.2 s in-page (0.8-3.3 s click to done) on a 2-core machine at load average ~9.
+    assert render_ms < 4_000 and elapsed < 15
     # The chart is downsampled to its width (a few points per pixel), not one point per token.
     path = page.locator("#score-chart path.series")
     points = int(path.get_attribute("data-points"))
