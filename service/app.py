@@ -19,10 +19,11 @@ from fastapi.staticfiles import StaticFiles
 from starlette.routing import Match, Mount
 
 from service import errors, tracing
+from service.batching import MicroBatcher
+from service.http_limits import BodyBudget
 from service.metrics import Metrics, MetricsMiddleware
 from service.registry import ModelRegistry
-from service.reload import Reloader, start_batcher
-from service.routes import ServiceState, admin, health, models, sentiment, tei, v2
+from service.routes import ServiceState, health, models, sentiment, tei, v2
 from service.settings import Settings
 
 log = logging.getLogger("sentiment.app")
@@ -30,9 +31,14 @@ STATIC_DIR = Path(__file__).resolve().parent / "static"
 
 
 def _start(state: ServiceState, registry: ModelRegistry, tracer: tracing.BatchTracer | None) -> None:
+    s = state.settings
     state.registry = registry
     for rt in registry:
-        state.batchers[rt.name] = start_batcher(state, rt, tracer)
+        batcher = MicroBatcher(rt, max_items=s.max_batch_items, max_tokens=s.max_batch_tokens,
+                               max_wait_ms=s.max_wait_ms, queue_size=s.queue_size, metrics=state.metrics)
+        batcher.tracer = tracer
+        batcher.start()
+        state.batchers[rt.name] = batcher
         state.metrics.model_info.labels(rt.name, rt.version, rt.provider).set(1)
         state.metrics.queue_depth.labels(rt.name).set(0)
     state.ready = True
@@ -70,17 +76,13 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     async def lifespan(app: FastAPI):
         loaded = registry or await asyncio.to_thread(ModelRegistry.load, settings)
         _start(state, loaded, batch_tracer)
-        sighup = app.state.reloader.install_sighup()  # sentiment-serve: main thread; not under a test's thread
         log.info("ready: %d model(s), default %s", len(loaded), loaded.default)
         try:
             yield
         finally:
-            if sighup:
-                app.state.reloader.remove_sighup()
             state.ready = False
-            for batcher in [*state.batchers.values(), *state.retiring.values()]:
+            for batcher in state.batchers.values():
                 await batcher.stop()
-            state.tokenizer_pool.shutdown(wait=False)
             if own_provider:
                 provider.shutdown()  # exports the spans still buffered
             state.tokenizer_pool.shutdown(wait=False)
@@ -90,14 +92,15 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
                               "diagnostics of the recurrent state. Errors: `{\"error\": {\"code\", \"message\"}}`.")
     app.state.service = state
     errors.install(app)
-    routers = (sentiment, models, admin, health, v2, tei)
+    routers = (sentiment, models, health, v2, tei)
     for module in routers:
         app.include_router(module.router)
     # The web page (owned elsewhere) is served at / when present; mounted last so the API routes match first.
     if STATIC_DIR.is_dir():
         app.router.routes.append(PageMount(StaticFiles(directory=STATIC_DIR, html=True), list(app.router.routes)))
     # add_middleware puts each new one outside the previous: the body limit runs innermost, CORS outermost.
-    app.add_middleware(errors.BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(errors.BodyLimitMiddleware, max_bytes=settings.max_body_bytes, api_keys=settings.api_keys,
+                       budget=BodyBudget(settings.max_buffered_body_bytes), retry_after_s=settings.retry_after_s)
     app.add_middleware(errors.CatchAllMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=state.metrics, known_paths=frozenset(
         route.path for module in routers for route in module.router.routes if route.path != "/"))
@@ -106,5 +109,4 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
                            allow_headers=["content-type", "authorization", "x-api-key"])
     if provider is not None:
         batch_tracer = tracing.instrument(app, provider)
-    app.state.reloader = Reloader(state, batch_tracer)  # SIGHUP and POST /v1/admin/reload
     return app

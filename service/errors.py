@@ -9,7 +9,11 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service.auth import VERDICT, key_verdict
+from service.http_limits import BodyBudget
 
 log = logging.getLogger("sentiment.errors")
 
@@ -110,42 +114,98 @@ class CatchAllMiddleware:
 
 
 class BodyLimitMiddleware:
-    """413 for request bodies over `max_bytes`, decided before anything parses them: a declared Content-Length over
-    the limit is refused unread, and a streamed body is counted as it arrives. Bodies under the limit are buffered
-    (they are small) and replayed to the app."""
+    """What a request body may cost before the app sees it, decided before anything parses it:
 
-    def __init__(self, app, max_bytes: int):
-        self.app, self.max_bytes = app, max_bytes
+    - a request without a valid API key (when keys are configured) never has its body read: the app gets an empty
+      body, its key check answers 401, and the connection is closed after it;
+    - a declared Content-Length over `max_bytes` is refused unread (413), a streamed body counted as it arrives;
+    - every buffered byte comes from the process-wide `budget`: when all bodies in flight together would pass it,
+      503 `overloaded` + Retry-After, and the connection is closed (its bytes are given back when the request ends).
+
+    Bodies within the limits are buffered (they are small) and replayed to the app. A client that leaves mid-body
+    gets no answer (the metrics count it as 499)."""
+
+    def __init__(self, app, max_bytes: int, budget: BodyBudget | None = None, api_keys: list[str] | None = None,
+                 retry_after_s: int = 1):
+        self.app, self.max_bytes, self.api_keys, self.retry_after_s = app, max_bytes, list(api_keys or []), retry_after_s
+        self.budget = budget or BodyBudget(max_bytes)
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS", "DELETE"):
+        if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        declared = dict(scope["headers"]).get(b"content-length")
+        headers = Headers(scope=scope)
+        if self.api_keys:
+            scope[VERDICT] = key_verdict(headers, self.api_keys)
+        if scope["method"] in ("GET", "HEAD", "OPTIONS", "DELETE"):
+            return await self.app(scope, receive, send)
+        if scope.get(VERDICT, "ok") != "ok":
+            return await self.app(scope, _empty_body(receive), _closing(send))
+        declared = headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            return await self._refuse(scope, receive, send, declared.decode("latin-1") + " bytes declared")
-        chunks, size = [], 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return  # the client left before finishing its body: nothing to answer
-            size += len(message.get("body", b""))
-            if size > self.max_bytes:
-                return await self._refuse(scope, receive, send, f"more than {size} bytes sent")
-            chunks.append(message.get("body", b""))
-            if not message.get("more_body", False):
-                break
-        replayed = False
+            return await self._refuse(scope, receive, send, declared + " bytes declared")
+        body, held = bytearray(), 0
+        try:
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    log.info("%s %s: the client left before its request body was complete (%d bytes received)",
+                             scope["method"], scope["path"], len(body))
+                    return  # nothing to answer
+                chunk = message.get("body", b"")
+                if len(body) + len(chunk) > self.max_bytes:
+                    return await self._refuse(scope, receive, send, f"more than {len(body) + len(chunk)} bytes sent")
+                if not self.budget.take(len(chunk)):
+                    log.warning("request bodies in flight reached the %d-byte budget; refusing %s %s",
+                                self.budget.max_bytes, scope["method"], scope["path"])
+                    return await error_response(503, "overloaded", "too many request bodies in flight; retry shortly",
+                                                {"Retry-After": str(self.retry_after_s), "Connection": "close"})(
+                        scope, receive, send)
+                held += len(chunk)
+                body += chunk
+                if not message.get("more_body", False):
+                    break
+            data, body = bytes(body), None  # one copy held, not two
+            replayed = False
 
-        async def replay():
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
-            return await receive()  # after the body: wait for the disconnect, as the server would
+            async def replay():
+                nonlocal replayed
+                if not replayed:
+                    replayed = True
+                    return {"type": "http.request", "body": data, "more_body": False}
+                return await receive()  # after the body: wait for the disconnect, as the server would
 
-        await self.app(scope, replay, send)
+            await self.app(scope, replay, send)
+        finally:
+            self.budget.give_back(held)
 
     async def _refuse(self, scope, receive, send, what: str):
         response = error_response(413, "body_too_large", f"request body too large ({what}; the limit is "
                                                          f"{self.max_bytes} bytes)", {"Connection": "close"})
         await response(scope, receive, send)
+
+
+def _empty_body(receive):
+    """The app's view of a request whose body is not read: empty, then (after the answer) the disconnect."""
+    given = False
+
+    async def empty():
+        nonlocal given
+        if not given:
+            given = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        while (message := await receive())["type"] != "http.disconnect":
+            pass  # body bytes arriving after the answer: dropped, never held
+        return message
+
+    return empty
+
+
+def _closing(send):
+    """Adds `Connection: close` to the response: the unread rest of the body must not be parsed as a next request."""
+
+    async def closing_send(message):
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", []), (b"connection", b"close")]}
+        await send(message)
+
+    return closing_send

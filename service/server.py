@@ -21,6 +21,7 @@ from pydantic import ValidationError
 
 from service.app import create_app
 from service.artifacts import ArtifactError
+from service.http_limits import uvicorn_config
 from service.registry import ModelRegistry
 from service.runtime import ProviderError
 from service.settings import Settings
@@ -55,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sentiment-serve: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     app = create_app(settings, registry)
-    config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level, lifespan="on",
+    config = uvicorn_config(app, settings, host=args.host, port=args.port, log_level=args.log_level, lifespan="on",
                             timeout_graceful_shutdown=args.graceful_timeout, access_log=False)
     server = uvicorn.Server(config)
     # uvicorn re-raises the stop signal once it has shut down gracefully; with the default handlers in place that

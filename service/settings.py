@@ -37,6 +37,19 @@ class Settings(BaseSettings):
     max_wait_ms: float = Field(2.0, ge=0, le=1000, description="how long the first queued text waits for company")
     queue_size: int = Field(1024, gt=0, description="texts waiting for the model; past it requests get 503")
     max_body_bytes: int = Field(4_000_000, gt=0, description="request bodies over this get 413 before parsing")
+    # What a client can make the server hold before the app judges its request (service/http_limits.py). Together
+    # they bound what clients without a valid key can cost: heads are capped and time out, bodies of keyless
+    # requests are never read, and all buffered bodies share one budget.
+    max_header_bytes: int = Field(16_384, ge=1024, description="request line + headers; past it 431 and the "
+                                                               "connection is closed (h11's cap too)")
+    max_headers: int = Field(100, gt=0, description="header lines per request; past it 431")
+    header_timeout_s: float = Field(10.0, gt=0, description="a request head not complete this long after the "
+                                                            "connection (or its first byte) gets 408 and is closed")
+    body_timeout_s: float = Field(30.0, gt=0, description="a request body not complete this long after its head: "
+                                                          "the connection is closed (4 MB at 1 Mbit/s takes 32 s)")
+    keep_alive_s: float = Field(5.0, gt=0, description="idle keep-alive connections are closed after this")
+    max_buffered_body_bytes: int = Field(32_000_000, gt=0, description="request bodies buffered at once, all "
+                                                                       "connections together; past it 503")
     max_hidden_values: int = Field(65_536, gt=0, description="cap on raw hidden-state numbers per diagnostics response")
     retry_after_s: int = Field(1, ge=0, description="Retry-After sent with 503")
     api_keys: CsvList = Field(default_factory=list, description="when set, /v1/* needs X-API-Key or a Bearer token")
@@ -53,4 +66,11 @@ class Settings(BaseSettings):
     def _check_keys(self):
         if any(len(key) < 8 for key in self.api_keys):
             raise ValueError("api_keys: every key needs at least 8 characters")
+        return self
+
+    @model_validator(mode="after")
+    def _check_body_budget(self):
+        if self.max_buffered_body_bytes < self.max_body_bytes:
+            raise ValueError(f"max_buffered_body_bytes ({self.max_buffered_body_bytes}) is below max_body_bytes "
+                             f"({self.max_body_bytes}): a body at the limit could never be accepted")
         return self

@@ -3,13 +3,13 @@
 
 from __future__ import annotations
 
-import hmac
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Request
 
+from service.auth import VERDICT, key_verdict
 from service.batching import BatcherStopped, MicroBatcher
 from service.errors import ApiError
 from service.metrics import Metrics
@@ -61,26 +61,12 @@ def get_state(request: Request) -> ServiceState:
 State = Annotated[ServiceState, Depends(get_state)]
 
 
-def _presented_key(request: Request) -> str | None:
-    key = request.headers.get("x-api-key")
-    if key is None:
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        key = token.strip() if scheme.lower() == "bearer" and token.strip() else None
-    return key
-
-
 def require_api_key(request: Request, state: State) -> None:
-    """When API keys are configured, /v1/* needs one (X-API-Key header or `Authorization: Bearer`)."""
-    keys = state.settings.api_keys
-    if not keys:
-        return
-    presented = _presented_key(request)
-    if presented is None:
+    """When API keys are configured, /v1/* needs one (X-API-Key header or `Authorization: Bearer`). The body
+    middleware has usually checked already (and not read the body of a request without a valid key)."""
+    verdict = request.scope.get(VERDICT) or key_verdict(request.headers, state.settings.api_keys)
+    if verdict == "missing":
         raise ApiError(401, "missing_api_key", "this service needs an API key (X-API-Key header or Bearer token)",
                        {"WWW-Authenticate": "Bearer"})
-    # Compare with every key, in constant time, without stopping early: timing reveals nothing about which matched.
-    matched = False
-    for key in keys:
-        matched |= hmac.compare_digest(presented.encode(), key.encode())
-    if not matched:
+    if verdict != "ok":
         raise ApiError(401, "invalid_api_key", "the API key is not valid", {"WWW-Authenticate": "Bearer"})

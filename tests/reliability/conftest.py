@@ -26,6 +26,7 @@ import pytest
 import uvicorn
 
 from service.app import create_app
+from service.http_limits import uvicorn_config
 from service.routes import ServiceState
 from service.settings import Settings
 
@@ -78,11 +79,14 @@ class LiveServer:
 def live_server(make_settings):
     @contextmanager
     def run(**overrides):
-        app = create_app(make_settings(**overrides))
+        settings = make_settings(**overrides)
+        app = create_app(settings)
         sock = free_socket()
         port = sock.getsockname()[1]
-        # log_config=None: leave logging to pytest (caplog), do not let uvicorn reconfigure it.
-        config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="on", timeout_graceful_shutdown=5)
+        # log_config=None: leave logging to pytest (caplog), do not let uvicorn reconfigure it. The limits on heads,
+        # timeouts and WebSocket are sentiment-serve's (service/http_limits.py).
+        config = uvicorn_config(app, settings, log_config=None, access_log=False, lifespan="on",
+                                timeout_graceful_shutdown=5)
         server = uvicorn.Server(config)
         thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="live-uvicorn", daemon=True)
         thread.start()

@@ -5,6 +5,8 @@ diagnostics stop when their client leaves, and the contract holds at its edges.
 
 from __future__ import annotations
 
+import select
+import socket
 import threading
 import time
 
@@ -59,3 +61,119 @@ def test_a_huge_hostile_request_does_not_delay_healthz(serve_process):
     # ... and none waited for it. The worst probe, not a mean: a client sees the worst one.
     assert max(latencies) < PROBE_LIMIT_S, f"/healthz took up to {max(latencies) * 1e3:.0f} ms while a " \
                                            f"{answer['took']:.2f} s request ran ({len(latencies)} probes)"
+
+
+# -- 2, 3: heads, slow sockets, bodies of keyless clients, the body budget ---------------------------------------
+KEY = "hostile-test-key-0123"
+
+
+def _connect(port: int, timeout: float = 10) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+def _read_all(sock: socket.socket) -> bytes:
+    """Everything until the server closes the connection (or the socket's timeout passes)."""
+    data = b""
+    try:
+        while part := sock.recv(65536):
+            data += part
+    except (ConnectionResetError, TimeoutError):
+        pass
+    return data
+
+
+def _send_until_refused(sock: socket.socket, head: bytes, line: bytes, most: int) -> tuple[int, bytes]:
+    """Sends `head`, then `line` again and again (up to `most` bytes) until the server answers; returns the bytes
+    sent and the answer."""
+    sent = 0
+    sock.sendall(head)
+    try:
+        while sent < most:
+            sock.sendall(line)
+            sent += len(line)
+            ready, _, _ = select.select([sock], [], [], 0)
+            if ready:
+                break
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    return sent, _read_all(sock)
+
+
+def test_endless_headers_get_431_and_the_connection_closed(live_server):
+    with live_server(max_header_bytes=8192, max_headers=50, api_keys=[KEY]) as srv:
+        head = b"POST /v1/sentiment HTTP/1.1\r\nHost: x\r\n"
+        # Endless short header lines (uvicorn's httptools kept them all: 1 GB for 5 such connections).
+        with _connect(srv.port) as sock:
+            sent, answer = _send_until_refused(sock, head, b"X-Filler: " + b"a" * 90 + b"\r\n", 50_000_000)
+        assert answer.startswith(b"HTTP/1.1 431") and b'"headers_too_large"' in answer, answer[:300]
+        assert sent < 1_000_000, sent  # refused early (the kernel's socket buffers hold what is in flight)
+        # One header value that never ends: no line for the parser to hand over, counted as it arrives.
+        with _connect(srv.port) as sock:
+            sent, answer = _send_until_refused(sock, head + b"X-Filler: ", b"a" * 4096, 50_000_000)
+        assert answer.startswith(b"HTTP/1.1 431"), answer[:300]
+        # Too many lines, each small.
+        with _connect(srv.port) as sock:
+            sock.sendall(head + b"".join(b"X-%d: 1\r\n" % i for i in range(60)) + b"\r\n")
+            assert _read_all(sock).startswith(b"HTTP/1.1 431")
+        # The server goes on.
+        assert httpx.post(f"{srv.url}/v1/sentiment", json={"text": "fine"}, headers={"x-api-key": KEY}).status_code == 200
+
+
+def test_idle_and_slow_sockets_are_closed(live_server):
+    with live_server(header_timeout_s=0.5, body_timeout_s=0.5, keep_alive_s=0.5) as srv:
+        socks = {"idle (no byte)": _connect(srv.port), "half a request line": _connect(srv.port),
+                 "a head that never ends": _connect(srv.port), "a body that stalls": _connect(srv.port),
+                 "keep-alive, idle after a response": _connect(srv.port)}
+        socks["half a request line"].sendall(b"GET /heal")
+        socks["a head that never ends"].sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-A: 1\r\n")
+        socks["a body that stalls"].sendall(b"POST /v1/sentiment HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+                                            b"\r\nContent-Length: 1000\r\n\r\n{\"text\": \"a")
+        socks["keep-alive, idle after a response"].sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        start = time.monotonic()
+        answers = {name: _read_all(sock) for name, sock in socks.items()}  # each returns when the server closes
+        took = time.monotonic() - start
+        for sock in socks.values():
+            sock.close()
+        assert took < 8, took  # closed by the server (a socket timeout would be 10 s)
+        assert answers["idle (no byte)"].startswith(b"HTTP/1.1 408")
+        assert answers["half a request line"].startswith(b"HTTP/1.1 408")
+        assert answers["a head that never ends"].startswith(b"HTTP/1.1 408")
+        assert answers["a body that stalls"] == b""  # closed; the app saw a disconnect
+        assert answers["keep-alive, idle after a response"].startswith(b"HTTP/1.1 200")
+        assert httpx.get(f"{srv.url}/healthz").status_code == 200
+
+
+def test_a_request_without_a_valid_key_gets_401_before_its_body_is_read(live_server):
+    with live_server(api_keys=[KEY]) as srv:
+        for key_header in (b"", b"X-API-Key: wrong-key-000000\r\n"):
+            for framing in (b"Content-Length: 3999999\r\n", b"Transfer-Encoding: chunked\r\n"):
+                with _connect(srv.port, timeout=5) as sock:
+                    # The head only: a server that waited for (or buffered) the body would not answer.
+                    sock.sendall(b"POST /v1/sentiment HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                                 + key_header + framing + b"\r\n")
+                    answer = _read_all(sock)
+                assert answer.startswith(b"HTTP/1.1 401"), (key_header, framing, answer[:200])
+                assert b"connection: close" in answer.lower()
+        assert httpx.post(f"{srv.url}/v1/sentiment", json={"text": "fine"}, headers={"x-api-key": KEY}).status_code == 200
+
+
+def test_request_bodies_in_flight_share_one_budget(live_server):
+    with live_server(max_body_bytes=100_000, max_buffered_body_bytes=250_000, body_timeout_s=2) as srv:
+        head = (b"POST /v1/sentiment HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"Content-Length: 100000\r\n\r\n")
+        socks = []
+        for _ in range(3):  # 3 x 90 kB held: over the 250 kB budget
+            sock = _connect(srv.port)
+            sock.sendall(head + b"x" * 90_000)
+            socks.append(sock)
+        answers = [_read_all(sock) for sock in socks]
+        for sock in socks:
+            sock.close()
+        refused = [a for a in answers if a.startswith(b"HTTP/1.1 503")]
+        assert len(refused) == 1 and b"retry-after: 1" in refused[0].lower(), [a[:100] for a in answers]
+        assert answers.count(b"") == 2  # the other two stalled until the body timeout closed them
+        # Every byte was given back: a body that fits the whole budget is taken again.
+        ok = httpx.post(f"{srv.url}/v1/sentiment/batch", json={"items": [{"text": "fine " * 3_600}] * 5})
+        assert ok.status_code == 200, ok.text
