@@ -19,11 +19,11 @@ from fastapi.staticfiles import StaticFiles
 from starlette.routing import Match, Mount
 
 from service import errors, tracing
-from service.batching import MicroBatcher
 from service.http_limits import BodyBudget
 from service.metrics import Metrics, MetricsMiddleware
 from service.registry import ModelRegistry
-from service.routes import ServiceState, health, models, sentiment, tei, v2
+from service.reload import Reloader, start_batcher
+from service.routes import ServiceState, admin, health, models, sentiment, tei, v2
 from service.settings import Settings
 
 log = logging.getLogger("sentiment.app")
@@ -31,14 +31,9 @@ STATIC_DIR = Path(__file__).resolve().parent / "static"
 
 
 def _start(state: ServiceState, registry: ModelRegistry, tracer: tracing.BatchTracer | None) -> None:
-    s = state.settings
     state.registry = registry
     for rt in registry:
-        batcher = MicroBatcher(rt, max_items=s.max_batch_items, max_tokens=s.max_batch_tokens,
-                               max_wait_ms=s.max_wait_ms, queue_size=s.queue_size, metrics=state.metrics)
-        batcher.tracer = tracer
-        batcher.start()
-        state.batchers[rt.name] = batcher
+        state.batchers[rt.name] = start_batcher(state, rt, tracer)
         state.metrics.model_info.labels(rt.name, rt.version, rt.provider).set(1)
         state.metrics.queue_depth.labels(rt.name).set(0)
     state.ready = True
@@ -76,12 +71,15 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     async def lifespan(app: FastAPI):
         loaded = registry or await asyncio.to_thread(ModelRegistry.load, settings)
         _start(state, loaded, batch_tracer)
+        sighup = app.state.reloader.install_sighup()  # sentiment-serve: main thread; not under a test's thread
         log.info("ready: %d model(s), default %s", len(loaded), loaded.default)
         try:
             yield
         finally:
+            if sighup:
+                app.state.reloader.remove_sighup()
             state.ready = False
-            for batcher in state.batchers.values():
+            for batcher in [*state.batchers.values(), *state.retiring.values()]:
                 await batcher.stop()
             if own_provider:
                 provider.shutdown()  # exports the spans still buffered
@@ -92,7 +90,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
                               "diagnostics of the recurrent state. Errors: `{\"error\": {\"code\", \"message\"}}`.")
     app.state.service = state
     errors.install(app)
-    routers = (sentiment, models, health, v2, tei)
+    routers = (sentiment, models, admin, health, v2, tei)
     for module in routers:
         app.include_router(module.router)
     # The web page (owned elsewhere) is served at / when present; mounted last so the API routes match first.
@@ -109,4 +107,5 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
                            allow_headers=["content-type", "authorization", "x-api-key"])
     if provider is not None:
         batch_tracer = tracing.instrument(app, provider)
+    app.state.reloader = Reloader(state, batch_tracer)  # SIGHUP and POST /v1/admin/reload
     return app
