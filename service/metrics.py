@@ -48,7 +48,8 @@ class Metrics:
 
 
 class MetricsMiddleware:
-    """Counts every HTTP request and its latency by route template, method and final status (errors included)."""
+    """Counts every HTTP request and its latency by route template, method and final status (errors included; 499
+    when the client left before any answer, e.g. mid-upload)."""
 
     def __init__(self, app, metrics: Metrics, known_paths: frozenset[str] = frozenset()):
         # Requests answered before routing (a 413 for the body) are labelled with their path when it is a route's.
@@ -66,7 +67,7 @@ class MetricsMiddleware:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        start, status = time.perf_counter(), 500
+        start, status, client_left = time.perf_counter(), None, False
 
         async def recording_send(message):
             nonlocal status
@@ -74,9 +75,19 @@ class MetricsMiddleware:
                 status = message["status"]
             await send(message)
 
+        async def watching_receive():
+            nonlocal client_left
+            message = await receive()
+            client_left = client_left or message["type"] == "http.disconnect"
+            return message
+
         try:
-            await self.app(scope, receive, recording_send)
+            await self.app(scope, watching_receive, recording_send)
         finally:
+            if status is None:
+                # No answer started: the client left first (an abandoned upload: 499, as for a request abandoned
+                # while queued), or the app failed before answering (500).
+                status = 499 if client_left else 500
             labels = (self._route(scope), scope["method"], str(status))
             self.metrics.requests.labels(*labels).inc()
             self.metrics.latency.labels(*labels).observe(time.perf_counter() - start)

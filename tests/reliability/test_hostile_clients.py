@@ -5,12 +5,14 @@ diagnostics stop when their client leaves, and the contract holds at its edges.
 
 from __future__ import annotations
 
+import logging
 import select
 import socket
 import threading
 import time
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 # The slowest text to tokenize that we know of (the old `<br` pattern aside): every character a token or an entity
 # prefix, 20,000 characters (the default limit), ~30 ms of tokenizer work each on this machine (the test sends 32).
@@ -177,3 +179,26 @@ def test_request_bodies_in_flight_share_one_budget(live_server):
         # Every byte was given back: a body that fits the whole budget is taken again.
         ok = httpx.post(f"{srv.url}/v1/sentiment/batch", json={"items": [{"text": "fine " * 3_600}] * 5})
         assert ok.status_code == 200, ok.text
+
+
+# -- 4: an abandoned upload is the client's doing, not a server error -------------------------------------------
+def _requests_total(url: str, status: str) -> float:
+    text = httpx.get(f"{url}/metrics").text
+    return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
+               if s.name == "sentiment_requests_total" and s.labels.get("status") == status)
+
+
+def test_a_client_that_leaves_mid_body_counts_as_499_not_500(live_server, caplog):
+    caplog.set_level(logging.INFO, logger="sentiment")
+    with live_server() as srv:
+        for _ in range(3):
+            with _connect(srv.port) as sock:
+                sock.sendall(b"POST /v1/sentiment HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                             b"Content-Length: 1000\r\n\r\n{\"text\": \"half a bo")
+        deadline = time.monotonic() + 10
+        while _requests_total(srv.url, "499") < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)  # the server notices the closed sockets on its own schedule
+        assert _requests_total(srv.url, "499") == 3
+        assert _requests_total(srv.url, "500") == 0
+    left = [r for r in caplog.records if "left before its request body was complete" in r.getMessage()]
+    assert len(left) == 3 and all(r.levelno == logging.INFO for r in left)
