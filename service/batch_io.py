@@ -293,6 +293,8 @@ class CsvReader(Reader):
             raise InputError(f"{path}: empty CSV file (no header row)") from None
         except csv.Error as exc:
             raise InputError(f"{path}: unreadable CSV header ({exc})") from exc
+        if 1 in self.bad_lines:
+            raise InputError(f"{path}: unreadable CSV header ({self.bad_lines[1]})")
         if len(set(header)) != len(header):
             raise InputError(f"{path}: repeated column names in the CSV header {header}")
         self.columns = header

@@ -338,3 +338,10 @@ def test_summary_wording(capsys):
     cli.print_summary(_summary(rows=50, errors=12, scored=38, error_examples=[example] * 10))
     err = capsys.readouterr().err
     assert "12 errors" in err and err.count("line 2: empty text") == 3 and "+9 more" in err
+
+
+def test_a_csv_header_over_the_line_limit_is_an_input_error(tiny_artifact, tmp_path, capsys):
+    src = tmp_path / "in.csv"
+    src.write_text("id,text," + ",".join(f"c{i}" for i in range(100)) + "\n1,fine\n", encoding="utf-8")
+    assert run(tiny_artifact, src, "--max-line-bytes", "64") == 2
+    assert "unreadable CSV header (line 1 is over the line limit (64 bytes" in capsys.readouterr().err
