@@ -51,6 +51,8 @@ class Settings(BaseSettings):
     max_buffered_body_bytes: int = Field(32_000_000, gt=0, description="request bodies buffered at once, all "
                                                                        "connections together; past it 503")
     max_hidden_values: int = Field(65_536, gt=0, description="cap on raw hidden-state numbers per diagnostics response")
+    max_attribution_texts: int = Field(4, gt=0, description="texts in occlusion attribution at once (each costs T "
+                                                            "model rows of T tokens); past it 503")
     retry_after_s: int = Field(1, ge=0, description="Retry-After sent with 503")
     api_keys: CsvList = Field(default_factory=list, description="when set, /v1/* needs X-API-Key or a Bearer token")
     cors_origins: CsvList = Field(default_factory=list)

@@ -27,6 +27,7 @@ class ServiceState:
     batchers: dict[str, MicroBatcher] = field(default_factory=dict)
     ready: bool = False
     diagnosing: int = 0  # texts in (or waiting for) a diagnostics worker thread
+    attributing: int = 0  # of those, texts whose diagnostics run occlusion attribution
     retiring: dict[int, MicroBatcher] = field(default_factory=dict)  # id(runtime) -> its batcher, replaced by a reload
     # Tokenizing runs here, never on the event loop: a 64 x 20,000-character batch of hostile text is seconds of
     # tokenizer work (which releases the GIL), and the loop must keep answering everyone else meanwhile. A pool of

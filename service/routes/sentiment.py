@@ -48,11 +48,10 @@ async def _client_gone(request: Request) -> None:
         pass
 
 
-async def _submit_unless_gone(request: Request, state: ServiceState, rt: ModelRuntime,
-                              encoded: list[Encoded]) -> np.ndarray:
-    """The batcher's result, or 499 if the client left first: cancelling the submit gives its queue slots back
-    (see MicroBatcher.submit)."""
-    work = asyncio.ensure_future(state.batcher_for(rt).submit(encoded))
+async def _unless_gone(request: Request, work):
+    """`work`'s result, or 499 if the client left first. Cancelling it gives its queue slots back (see
+    MicroBatcher.submit) or stops diagnostics before their next text (see _diagnose_each)."""
+    work = asyncio.ensure_future(work)
     gone = asyncio.ensure_future(_client_gone(request))
     try:
         await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
@@ -68,19 +67,13 @@ async def _submit_unless_gone(request: Request, state: ServiceState, rt: ModelRu
 
 async def _score(request: Request, state: ServiceState, rt: ModelRuntime, encoded: list[Encoded]) -> np.ndarray:
     try:
-        return await _submit_unless_gone(request, state, rt, encoded)
+        return await _unless_gone(request, state.batchers[rt.name].submit(encoded))
     except QueueFull as exc:
         raise ApiError(503, "overloaded", f"too many texts waiting ({exc}); retry shortly", state.retry_after()) from exc
     except BatcherStopped as exc:
         raise ApiError(503, "not_ready", str(exc), state.retry_after()) from exc
     except NoTokensError as exc:
         raise ApiError(422, "no_tokens", str(exc)) from exc
-
-
-def _diagnose_all(state: ServiceState, rt: ModelRuntime, texts: list[str], encoded: list[Encoded],
-                  include_hidden: bool, attribution: bool) -> list[tuple[np.ndarray, dict]]:
-    cap = state.settings.max_hidden_values
-    return [rt.diagnose(text, enc, include_hidden, attribution, cap) for text, enc in zip(texts, encoded)]
 
 
 def _result(state: ServiceState, rt: ModelRuntime, enc: Encoded, probs: np.ndarray, report: dict | None) -> dict:
@@ -93,24 +86,54 @@ def _result(state: ServiceState, rt: ModelRuntime, enc: Encoded, probs: np.ndarr
     return out
 
 
-async def _diagnose(state: ServiceState, rt: ModelRuntime, texts: list[str], encoded: list[Encoded],
-                    include_hidden: bool, attribution: bool) -> list[tuple[np.ndarray, dict]]:
-    """The diagnostics graph in a worker thread; at most `queue_size` texts at once, like the batcher's queue, so
-    a flood of (expensive) diagnostics requests gets 503s instead of an ever longer wait for a thread."""
-    if state.diagnosing and state.diagnosing + len(texts) > state.settings.queue_size:  # as MicroBatcher.submit
+def _runs_occlusion(rt: ModelRuntime, attribution: bool) -> bool:
+    # As ModelRuntime.diagnose: occlusion when asked for, or in place of exact contributions the graph lacks.
+    return attribution or "contribution" not in rt.diagnostic_outputs
+
+
+async def _diagnose_each(state: ServiceState, rt: ModelRuntime, texts: list[str], encoded: list[Encoded],
+                         include_hidden: bool, attribution: bool) -> list[tuple[np.ndarray, dict]]:
+    """One worker-thread call per text, so a cancelled request (client gone) stops before its next text. A text
+    already in a thread cannot be interrupted: cancelling waits for it, so the counters in _diagnose never
+    undercount the work really running."""
+    cap, out = state.settings.max_hidden_values, []
+    loop = asyncio.get_running_loop()
+    for text, enc in zip(texts, encoded):
+        call = loop.run_in_executor(None, rt.diagnose, text, enc, include_hidden, attribution, cap)
+        try:
+            out.append(await asyncio.shield(call))
+        except asyncio.CancelledError:
+            await asyncio.wait([call])
+            raise
+    return out
+
+
+async def _diagnose(request: Request, state: ServiceState, rt: ModelRuntime, texts: list[str],
+                    encoded: list[Encoded], include_hidden: bool, attribution: bool) -> list[tuple[np.ndarray, dict]]:
+    """The diagnostics graph in worker threads, bounded like the batcher's queue: at most `queue_size` texts in
+    diagnostics and `max_attribution_texts` in occlusion attribution (T model rows of T tokens each) at once, past
+    which requests get 503 instead of an ever longer wait; stopped when the client leaves (499)."""
+    s = state.settings
+    if state.diagnosing and state.diagnosing + len(texts) > s.queue_size:  # as MicroBatcher.submit
         raise ApiError(503, "overloaded", f"too many diagnostics texts in progress ({state.diagnosing}, queue size "
-                                          f"{state.settings.queue_size}); retry shortly", state.retry_after())
+                                          f"{s.queue_size}); retry shortly", state.retry_after())
+    occluding = len(texts) if _runs_occlusion(rt, attribution) else 0
+    if occluding and state.attributing and state.attributing + occluding > s.max_attribution_texts:
+        raise ApiError(503, "overloaded", f"too many texts in attribution ({state.attributing}, at most "
+                                          f"{s.max_attribution_texts} at once); retry shortly", state.retry_after())
     state.diagnosing += len(texts)
+    state.attributing += occluding
     try:
-        return await asyncio.to_thread(_diagnose_all, state, rt, texts, encoded, include_hidden, attribution)
+        return await _unless_gone(request, _diagnose_each(state, rt, texts, encoded, include_hidden, attribution))
     finally:
         state.diagnosing -= len(texts)
+        state.attributing -= occluding
 
 
 async def _run(request: Request, state: ServiceState, rt: ModelRuntime, texts: list[str], encoded: list[Encoded],
                diagnostics: bool, include_hidden: bool = False, attribution: bool = False) -> list[dict]:
     if diagnostics:
-        scored = await _diagnose(state, rt, texts, encoded, include_hidden, attribution)
+        scored = await _diagnose(request, state, rt, texts, encoded, include_hidden, attribution)
         state.metrics.tokens.labels(rt.name, rt.provider).inc(sum(e.num_tokens for e in encoded))
         return [_result(state, rt, enc, probs, report) for enc, (probs, report) in zip(encoded, scored)]
     probs = await _score(request, state, rt, encoded)

@@ -5,6 +5,7 @@ diagnostics stop when their client leaves, and the contract holds at its edges.
 
 from __future__ import annotations
 
+import json
 import logging
 import select
 import socket
@@ -202,3 +203,58 @@ def test_a_client_that_leaves_mid_body_counts_as_499_not_500(live_server, caplog
         assert _requests_total(srv.url, "500") == 0
     left = [r for r in caplog.records if "left before its request body was complete" in r.getMessage()]
     assert len(left) == 3 and all(r.levelno == logging.INFO for r in left)
+
+
+# -- 5: diagnostics stop when their client leaves, and attribution is bounded ------------------------------------
+def _raw_post(port: int, path: str, body: dict) -> socket.socket:
+    data = json.dumps(body).encode()
+    sock = _connect(port)
+    sock.sendall(b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                 % (path.encode(), len(data), data))
+    return sock
+
+
+def _wait_for(condition, what: str, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+def test_diagnostics_stop_when_the_client_leaves_and_attribution_is_bounded(live_server):
+    gate = threading.Event()
+    with live_server(max_attribution_texts=2) as srv:
+        rt = srv.state.registry.get(None)
+        real, calls = rt.diagnose, []
+
+        def stuck(*args, **kwargs):  # every diagnostics text hangs until the gate opens
+            calls.append(args[0])
+            gate.wait(30)
+            return real(*args, **kwargs)
+
+        rt.diagnose = stuck
+        try:
+            # Two attribution texts fill the bound; a third is refused at once, while they are still stuck.
+            held = [_raw_post(srv.port, "/v1/sentiment", {"text": f"great {i}", "attribution": True}) for i in range(2)]
+            _wait_for(lambda: srv.state.attributing == 2, "two texts in attribution")
+            refused = httpx.post(f"{srv.url}/v1/sentiment", json={"text": "great", "attribution": True}, timeout=5)
+            assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+            assert refused.json()["error"]["code"] == "overloaded" and "attribution" in refused.json()["error"]["message"]
+            gate.set()
+            assert all(_read_all(sock).startswith(b"HTTP/1.1 200") for sock in held)
+            for sock in held:
+                sock.close()
+            # A batch of 6 texts with diagnostics; its client leaves while the first text is in the model.
+            gate.clear()
+            calls.clear()
+            leaving = _raw_post(srv.port, "/v1/sentiment/batch",
+                                {"items": [{"text": f"a fine film {i}"} for i in range(6)], "diagnostics": True})
+            _wait_for(lambda: len(calls) == 1, "the first diagnostics text")
+            leaving.close()
+            gate.set()
+            _wait_for(lambda: _requests_total(srv.url, "499") == 1, "the abandoned batch to count as 499")
+        finally:
+            gate.set()
+        # The abandoned batch stopped after its first text: 5 texts never reached the model.
+        assert calls == ["a fine film 0"], calls
+        assert srv.state.diagnosing == 0 and srv.state.attributing == 0
