@@ -24,6 +24,7 @@ from service.metrics import Metrics, MetricsMiddleware
 from service.registry import ModelRegistry
 from service.reload import Reloader, start_batcher
 from service.routes import ServiceState, admin, health, models, sentiment, tei, v2
+from service.security_headers import SecurityHeadersMiddleware
 from service.settings import Settings
 
 log = logging.getLogger("sentiment.app")
@@ -105,6 +106,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["content-type", "authorization", "x-api-key"])
+    app.add_middleware(SecurityHeadersMiddleware)  # outermost: every response gets the headers, CORS's too
     if provider is not None:
         batch_tracer = tracing.instrument(app, provider)
     app.state.reloader = Reloader(state, batch_tracer)  # SIGHUP and POST /v1/admin/reload

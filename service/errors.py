@@ -60,6 +60,18 @@ def validation_message(exc: RequestValidationError) -> tuple[str, str]:
     return code, "; ".join(parts) + more
 
 
+def _undecodable(cause: BaseException | None) -> str | None:
+    """Why FastAPI could not decode a body, when it is a malformed-JSON case it reports as a plain 400: not UTF-8,
+    nested deeper than the parser recurses, or a number over Python's 4,300-digit integer limit (a ValueError)."""
+    if isinstance(cause, UnicodeDecodeError):
+        return "not UTF-8"
+    if isinstance(cause, RecursionError):
+        return "nested too deeply"
+    if isinstance(cause, ValueError):
+        return "a number too long" if "digits" in str(cause) else "cannot be decoded"
+    return None
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -74,8 +86,7 @@ def install(app: FastAPI) -> None:
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         # FastAPI answers 400 when the body cannot even be decoded; to the client that is the same mistake as
         # malformed JSON, so it gets the same (documented) 422 and code.
-        if exc.status_code == 400 and isinstance(exc.__cause__, (UnicodeDecodeError, RecursionError)):
-            reason = "not UTF-8" if isinstance(exc.__cause__, UnicodeDecodeError) else "nested too deeply"
+        if exc.status_code == 400 and (reason := _undecodable(exc.__cause__)):
             return error_response(422, "invalid_json", f"request body is not valid JSON ({reason})")
         code = _HTTP_CODES.get(exc.status_code, "http_error")
         message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")

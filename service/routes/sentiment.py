@@ -152,8 +152,22 @@ async def sentiment(body: SentimentRequest, state: State, request: Request) -> d
     return results[0]
 
 
+async def _count_items(request: Request, state: State) -> None:
+    """413 for too many items, counted in the parsed JSON before the items are validated one by one (validating
+    250,000 items took 1.19 s of the event loop before the 413). FastAPI has parsed the body already (Starlette
+    keeps it) and resolves dependencies before validating it; a body that is not JSON is left to that validation."""
+    try:
+        body = await request.json()
+    except ValueError:
+        return
+    items = body.get("items") if isinstance(body, dict) else None
+    limit = state.settings.max_batch_items
+    if isinstance(items, list) and len(items) > limit:
+        raise ApiError(413, "batch_too_large", f"{len(items)} items; the limit is {limit} per request")
+
+
 @router.post("/sentiment/batch", response_model=BatchResponse, response_model_exclude_none=True,
-             summary="Score many reviews together")
+             summary="Score many reviews together", dependencies=[Depends(_count_items)])
 async def sentiment_batch(body: BatchRequest, state: State, request: Request) -> dict:
     rt = state.require_ready().get(body.model)
     limit = state.settings.max_batch_items

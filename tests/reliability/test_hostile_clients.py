@@ -258,3 +258,60 @@ def test_diagnostics_stop_when_the_client_leaves_and_attribution_is_bounded(live
         # The abandoned batch stopped after its first text: 5 texts never reached the model.
         assert calls == ["a fine film 0"], calls
         assert srv.state.diagnosing == 0 and srv.state.attributing == 0
+
+
+# -- 6: the contract at its edges ---------------------------------------------------------------------------------
+def test_a_huge_integer_anywhere_is_invalid_json(live_server):
+    with live_server() as srv:
+        for body in (b'{"text": "fine", "model": ' + b"9" * 5_000 + b"}", b"[" + b"1" * 4_301 + b"]"):
+            response = httpx.post(f"{srv.url}/v1/sentiment", content=body, headers={"content-type": "application/json"})
+            assert response.status_code == 422, response.text
+            assert response.json()["error"]["code"] == "invalid_json"
+
+
+def test_a_250000_item_batch_gets_its_413_without_validating_every_item(live_server, monkeypatch):
+    from service import schemas
+
+    validated = []
+    real = schemas._unicode
+    monkeypatch.setattr(schemas, "_unicode", lambda text: validated.append(1) or real(text))
+    with live_server() as srv:
+        body = b'{"items":[' + b",".join([b'{"text":"a"}'] * 250_000) + b"]}"  # 3.25 MB: under the body limit
+        response = httpx.post(f"{srv.url}/v1/sentiment/batch", content=body, timeout=60,
+                              headers={"content-type": "application/json"})
+        assert response.status_code == 413 and response.json()["error"]["code"] == "batch_too_large", response.text
+        assert "250000 items" in response.json()["error"]["message"]
+    assert validated == []  # counted, not validated item by item
+
+
+def test_websocket_upgrades_are_refused_quietly(live_server, caplog):
+    caplog.set_level(logging.DEBUG)
+    with live_server() as srv:
+        for path in (b"/", b"/v1/sentiment", b"/ws"):
+            with _connect(srv.port) as sock:
+                sock.sendall(b"GET " + path + b" HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                             b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+                answer = _read_all(sock)
+            assert answer.startswith(b"HTTP/1.1 400") and b'"upgrade_not_supported"' in answer, answer[:300]
+        assert httpx.get(f"{srv.url}/healthz").status_code == 200
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+
+
+def test_security_headers_on_every_response(live_server):
+    with live_server() as srv:
+        responses = {"page": httpx.get(f"{srv.url}/"), "api": httpx.post(f"{srv.url}/v1/sentiment", json={"text": "ok"}),
+                     "error": httpx.post(f"{srv.url}/v1/sentiment", json={}), "probe": httpx.get(f"{srv.url}/healthz"),
+                     "404": httpx.get(f"{srv.url}/nothing-here"), "docs": httpx.get(f"{srv.url}/docs"),
+                     "413": httpx.post(f"{srv.url}/v1/sentiment", content=b"x" * 5_000_000)}
+        with _connect(srv.port) as sock:  # answered by the protocol itself, before any app runs
+            sock.sendall(b"GET / HTTP/1.1\r\n" + b"X-A: 1\r\n" * 200 + b"\r\n")
+            raw_431 = _read_all(sock)
+    for name, response in responses.items():
+        assert response.headers.get("x-content-type-options") == "nosniff", name
+        assert response.headers.get("x-frame-options") == "DENY", name
+        assert "frame-ancestors 'none'" in response.headers.get("content-security-policy", ""), name
+    assert b"x-content-type-options: nosniff" in raw_431.lower()
+    page_csp = responses["page"].headers["content-security-policy"]
+    assert "script-src 'self'" in page_csp and "default-src 'self'" in page_csp
+    assert "http-equiv" not in responses["page"].text.lower()  # the header replaces the meta tag
+    assert "script-src 'self'" not in responses["docs"].headers["content-security-policy"]  # Swagger UI's CDN assets

@@ -20,7 +20,6 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service import auth as auth_module
-from service import routes as routes_module
 from service.app import create_app
 
 REPO = Path(__file__).resolve().parents[2]
