@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from service import batch_io, cli
+from service.batch import cli, writers
 
 REPO = Path(__file__).resolve().parents[2]
 GOOD_1 = {"id": 1, "text": "A wonderful film, the cast is superb."}
@@ -74,7 +74,7 @@ def test_a_row_that_cannot_be_parsed_follows_on_error(tiny_artifact, tmp_path, c
 def test_resume_goes_past_a_parse_bomb(tiny_artifact, tmp_path, monkeypatch):
     src = three_rows(tmp_path / "in.jsonl", '{"id": 2, "n": ' + "9" * 5001 + "}")
     out = tmp_path / "out.jsonl"
-    original, calls = batch_io.JsonlWriter.write, []
+    original, calls = writers.JsonlWriter.write, []
 
     def write_then_interrupt(writer, records):  # Ctrl-C after the first chunk (row 1) is durable
         calls.append(1)
@@ -83,7 +83,7 @@ def test_resume_goes_past_a_parse_bomb(tiny_artifact, tmp_path, monkeypatch):
         return original(writer, records)
 
     with monkeypatch.context() as m:
-        m.setattr(batch_io.JsonlWriter, "write", write_then_interrupt)
+        m.setattr(writers.JsonlWriter, "write", write_then_interrupt)
         assert run(tiny_artifact, src, "-o", out, "--chunk-size", "1") == 130
     assert run(tiny_artifact, src, "-o", out, "--chunk-size", "1", "--resume") == 0
     assert_row_2_is_bad(out, "invalid JSON")
@@ -125,7 +125,7 @@ def test_text_over_the_limit_is_a_bad_row_and_the_flag_moves_the_limit(tiny_arti
 
 CHILD = """
 import resource, sys
-from service import cli
+from service.batch import cli
 rc = cli.main(sys.argv[1:])
 print("MAXRSS_KIB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)
 sys.exit(rc)
@@ -234,7 +234,7 @@ def _interrupted_run(model: Path, tmp_path: Path, monkeypatch, fmt: str = "jsonl
     else:
         src.write_text("id,text\n" + "".join(f"{i},{t}\n" for i, t in enumerate(texts)), encoding="utf-8")
     out = tmp_path / "out.jsonl"
-    original, calls = batch_io.JsonlWriter.write, []
+    original, calls = writers.JsonlWriter.write, []
 
     def write_then_interrupt(writer, records):
         calls.append(1)
@@ -243,7 +243,7 @@ def _interrupted_run(model: Path, tmp_path: Path, monkeypatch, fmt: str = "jsonl
         return original(writer, records)
 
     with monkeypatch.context() as m:
-        m.setattr(batch_io.JsonlWriter, "write", write_then_interrupt)
+        m.setattr(writers.JsonlWriter, "write", write_then_interrupt)
         assert run(model, src, "-o", out, "--chunk-size", "10") == 130
     return src, out
 
@@ -281,7 +281,7 @@ def test_resume_refuses_a_parquet_input_that_changed(tiny_artifact, tmp_path, ca
     # uncompressed and without a dictionary, so that the texts are in the file as they are and can be edited there
     pq.write_table(pa.table({"id": list(range(40)), "text": texts}), src, row_group_size=10, compression="none",
                    use_dictionary=False)
-    original, calls = batch_io.JsonlWriter.write, []
+    original, calls = writers.JsonlWriter.write, []
 
     def write_then_interrupt(writer, records):
         calls.append(1)
@@ -290,7 +290,7 @@ def test_resume_refuses_a_parquet_input_that_changed(tiny_artifact, tmp_path, ca
         return original(writer, records)
 
     with monkeypatch.context() as m:
-        m.setattr(batch_io.JsonlWriter, "write", write_then_interrupt)
+        m.setattr(writers.JsonlWriter, "write", write_then_interrupt)
         assert run(tiny_artifact, src, "-o", out, "--chunk-size", "10") == 130
     stat = src.stat()
     data = src.read_bytes()

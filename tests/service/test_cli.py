@@ -1,4 +1,4 @@
-"""`sentiment-score` (service/cli.py, service/batch_io.py): formats in and out, stdin/stdout, field options, bad
+"""`sentiment-score` (service/batch/): formats in and out, stdin/stdout, field options, bad
 rows under both policies, exit codes, resume after an interrupted or killed run, flat memory, model lookup, and
 agreement with the runtime and the HTTP service."""
 
@@ -19,7 +19,8 @@ from pathlib import Path
 import batch_files
 import pytest
 
-from service import batch_io, cli
+from service.batch import cli, writers
+from service.batch.errors import InputError
 from service.runtime import ModelRuntime
 
 pa = pytest.importorskip("pyarrow")
@@ -345,7 +346,7 @@ class Interrupt:
         def write(writer, records):
             self.calls += 1
             if self.calls > after:
-                if isinstance(writer, batch_io._StreamWriter):  # a torn chunk: some bytes, no checkpoint
+                if isinstance(writer, writers._StreamWriter):  # a torn chunk: some bytes, no checkpoint
                     writer.fh.write(writer.encode(records)[:37])
                     writer.fh.flush()
                 raise KeyboardInterrupt
@@ -360,7 +361,7 @@ def test_ctrl_c_then_resume_gives_the_uninterrupted_output(tiny_artifact, tmp_pa
     src = write_input(tmp_path / "in.jsonl", reviews, "jsonl")
     whole, out = tmp_path / f"whole.{fmt}", tmp_path / f"out.{fmt}"
     assert run(tiny_artifact, src, "-o", whole, "--chunk-size", "32") == 0
-    cls = {"jsonl": batch_io.JsonlWriter, "csv": batch_io.CsvWriter, "parquet": batch_io.ParquetWriter}[fmt]
+    cls = {"jsonl": writers.JsonlWriter, "csv": writers.CsvWriter, "parquet": writers.ParquetWriter}[fmt]
     with monkeypatch.context() as m:
         Interrupt(m, cls, after=4)
         assert run(tiny_artifact, src, "-o", out, "--chunk-size", "32") == 130
@@ -386,7 +387,7 @@ def test_resume_refuses_a_different_job_and_restart_starts_over(tiny_artifact, t
     src = write_input(tmp_path / "in.jsonl", make_reviews(100), "jsonl")
     out = tmp_path / "out.jsonl"
     with monkeypatch.context() as m:
-        Interrupt(m, batch_io.JsonlWriter, after=1)
+        Interrupt(m, writers.JsonlWriter, after=1)
         assert run(tiny_artifact, src, "-o", out, "--chunk-size", "20") == 130
     capsys.readouterr()
     assert run(tiny_artifact, src, "-o", out, "--chunk-size", "20", "--resume", "--keep-fields", "title") == 2
@@ -484,7 +485,7 @@ def test_default_model_lookup(tiny_artifact, tmp_path, monkeypatch, capsys):
     assert cli.resolve_model(str(root), "tiny-lstm") == root / "a-first"  # the manifest's name works too
     shutil.rmtree(root / "imdb-lstm")
     assert cli.resolve_model(str(root), None) == root / "a-first"
-    with pytest.raises(batch_io.InputError, match="no model named 'nope'.*a-first"):
+    with pytest.raises(InputError, match="no model named 'nope'.*a-first"):
         cli.resolve_model(str(root), "nope")
     monkeypatch.setattr(cli, "DEFAULT_MODEL_ROOT", root)  # what `sentiment-score IN -o OUT` uses with no flags
     src = write_input(tmp_path / "in.jsonl", REVIEWS[:2], "jsonl")

@@ -1,4 +1,4 @@
-"""Ray Data scoring (service/ray_predictor.py): the `SentimentPredictor` on every batch format, inside
+"""Ray Data scoring (service/batch/ray.py): the `SentimentPredictor` on every batch format, inside
 `map_batches` on a local Ray, and `sentiment-score --engine ray` agreeing with the local engine (labels equal,
 scores within 1e-6) for each input format."""
 
@@ -16,8 +16,8 @@ ray = pytest.importorskip("ray", reason="Ray is not installed (pip install -e '.
 
 from batch_files import write_input  # noqa: E402
 
-from service import cli  # noqa: E402
-from service.ray_predictor import SentimentPredictor, pack_artifact  # noqa: E402
+from service.batch import cli  # noqa: E402
+from service.batch.ray import SentimentPredictor, pack_artifact  # noqa: E402
 from service.runtime import ModelRuntime  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
@@ -27,7 +27,7 @@ TEXTS = ["A wonderful, moving film. The cast is superb.", "Terrible and boring, 
 
 
 def test_importing_the_modules_does_not_import_ray():
-    code = "import sys, service.cli, service.ray_predictor; sys.exit('ray' in sys.modules)"
+    code = "import sys, service.batch.cli, service.batch.ray; sys.exit('ray' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], cwd=REPO).returncode == 0  # the base install needs no Ray
 
 
