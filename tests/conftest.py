@@ -234,7 +234,10 @@ def export_random(fixture_tokenizer, tmp_path_factory):
             torch.manual_seed(zlib.crc32(repr(key).encode()))  # stable across processes, unlike hash()
             cfg = ModelConfig(vocab_size=fixture_tokenizer.get_vocab_size(), embedding_dim=10, hidden_size=6, cell=cell,
                               bidirectional=bidirectional, pooling=pooling, num_layers=num_layers,
-                              ngram_buckets=ngram_buckets)
+                              ngram_buckets=ngram_buckets,
+                              # negation scope with common ids, so random test batches hit it often
+                              **({"negation_window": 3, "negation_ids": (2, 3, 4, 5), "scope_break_ids": (6, 7)}
+                                 if ngram_buckets else {}))
             model = RecurrentClassifier(cfg).eval()
             with torch.no_grad():  # torch's init leaves biases small; make them matter
                 for name, p in model.named_parameters():

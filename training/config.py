@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
+from service.contract import Truncation
+
 Cell = Literal["rnn", "lstm", "gru"]
 Pooling = Literal["last", "mean", "max", "meanmax"]
 
@@ -27,11 +29,19 @@ class ModelConfig:
     # verdict and every token's share stay exact. 0 buckets = no branch.
     ngram_order: int = 3
     ngram_buckets: int = 0  # per order >= 2; a prime, so (key mod buckets) spreads the structured keys
+    # Negation scope for the unigram features (training/ngrams.py); the ids are resolved from the vocabulary when
+    # training. Tuples, not lists: checkpoints pickled before these fields existed still load with these defaults.
+    negation_window: int = 0
+    negation_ids: tuple[int, ...] = ()
+    scope_break_ids: tuple[int, ...] = ()
 
     @property
     def ngram_table_size(self) -> int:
         # unigrams by id (+1 for the begin-of-text id), then one hashed block per order >= 2
-        return (self.vocab_size + 1) + (self.ngram_order - 1) * self.ngram_buckets if self.ngram_buckets else 0
+        if not self.ngram_buckets:
+            return 0
+        negated = self.vocab_size + 1 if self.negation_window else 0  # "NOT_word" unigrams after the hashed blocks
+        return (self.vocab_size + 1) + (self.ngram_order - 1) * self.ngram_buckets + negated
 
     @property
     def directions(self) -> int:
@@ -59,12 +69,13 @@ class TrainConfig:
     # A safety cap, not a window: an RNN has no context limit, so whole reviews are scored. 20,000 tokens covers the
     # service's 20,000-character request limit (a token is at least one character).
     max_tokens: int = 20_000
-    truncation: Literal["head", "tail", "head_tail"] = "head_tail"
+    truncation: Truncation = "head_tail"
     head_tokens: int = 100  # only for texts over max_tokens: keep the head and the end (verdicts sit at the end)
     # Sentence crops (1-3 consecutive sentences of a training review, with its label) added each epoch: teaches the
     # recurrent part short texts ("Not bad at all!") that whole reviews rarely isolate. Share of reviews cropped.
     crop_share: float = 0.5
     # NBSVM fit of the n-gram branch: inverse L2 strength of the logistic regression (sklearn's C)
+    negation_window: int = 3  # tokens after a negator whose unigram becomes "NOT_word" (0: off)
     ngram_c: float = 0.03  # grouped validation, counts features: C=0.03 gave 0.9128 alone
     # Embeddings: "random", "word2vec" (trained on train + unsup reviews) or a GloVe-format text file path
     embeddings: str = "word2vec"

@@ -157,13 +157,40 @@ class GraphExporter:
         table = g.const("ngram.table", (_np(self.model.ngram.weight)[:, 0] * self.ngram_scale).astype(np.float32))
         padded = g.op("Pad", "input_ids", g.ints(0, order - 1, 0, 0), g.const("bos_id", np.array(cfg.vocab_size,
                                                                                                  np.int64)))
-        rows, key = [g.op("Unsqueeze", "input_ids", g.ints(2))], "input_ids"
+        unigram = "input_ids"
+        if cfg.negation_window:
+            unigram = g.op("Add", unigram, g.op("Mul", g.op("Cast", self._negation_scope(g), to=TensorProto.INT64),
+                                                g.ints(v1 + (order - 1) * buckets)))
+        rows, key = [g.op("Unsqueeze", unigram, g.ints(2))], "input_ids"
         for n in range(2, order + 1):
             earlier = g.op("Slice", padded, g.ints(order - n), g.ints(-(n - 1)), g.ints(1))  # id_{t-n+1}
             key = g.op("Add", g.op("Mul", earlier, g.ints(v1 ** (n - 1))), key)
             row = g.op("Add", g.op("Mod", key, g.ints(buckets)), g.ints(v1 + (n - 2) * buckets))
             rows.append(g.op("Unsqueeze", row, g.ints(2)))
         return g.op("Gather", table, g.op("Concat", *rows, axis=2))
+
+    def _negation_scope(self, g: GraphBuilder) -> str:
+        """[B, T] 1.0 where a negator precedes within negation_window tokens with no breaker between (as
+        training/ngrams.negation_scope)."""
+        cfg = self.cfg
+
+        def flags(name: str, wanted) -> str:
+            table = np.zeros(cfg.vocab_size + 1, np.float32)
+            table[list(wanted)] = 1.0
+            return g.op("Gather", g.const(name, table), "input_ids")
+
+        def shifted(x: str, j: int) -> str:  # x[:, t - j], zeros before the text
+            return g.op("Slice", g.op("Pad", x, g.ints(0, j, 0, 0)), g.ints(0), g.ints(-j), g.ints(1))
+
+        neg, brk = flags("negators", cfg.negation_ids), flags("scope_breakers", cfg.scope_break_ids)
+        one = g.const("scalar_1f", np.array(1.0, np.float32))
+        scope, clear = None, None
+        for j in range(1, cfg.negation_window + 1):
+            hit = shifted(neg, j) if clear is None else g.op("Mul", shifted(neg, j), clear)
+            scope = hit if scope is None else g.op("Max", scope, hit)
+            gap = g.op("Sub", one, shifted(brk, j))
+            clear = gap if clear is None else g.op("Mul", clear, gap)
+        return g.op("Greater", scope, g.const("scalar_half", np.array(0.5, np.float32)))
 
     # -- diagnostics ------------------------------------------------------------------------------------------
     def _diagnostic_outputs(self, g, x, mask, mask_b, steps, rng, ngram, ngram_w, layer_outputs) -> list:

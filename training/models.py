@@ -105,7 +105,7 @@ class RecurrentClassifier(nn.Module):
     def ngram_score(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """The n-gram branch's positive log-odds contribution [B]: the sum of every position's n-gram weights."""
         cfg = self.cfg
-        per_position = self.ngram(ngram_rows(ids, cfg.vocab_size, cfg.ngram_buckets, cfg.ngram_order)).sum((2, 3))
+        per_position = self.ngram(ngram_rows(ids, cfg)).sum((2, 3))
         mask = torch.arange(ids.shape[1], device=ids.device)[None, :] < lengths[:, None]
         return (per_position * mask).sum(1)
 

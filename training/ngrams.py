@@ -1,6 +1,9 @@
 """The hashed n-gram branch: which table rows a token's n-grams use, and the NBSVM fit of their weights.
 
-Position t of a review owns the n-grams that *end* at t: its unigram, (t-1, t) and (t-2, t-1, t). Keys are exact
+Position t of a review owns the n-grams that *end* at t: its unigram, (t-1, t) and (t-2, t-1, t). Inside a
+negation's scope (a negator such as "not" / "never" / "didn't" among the previous `negation_window` tokens, with no
+punctuation or "but" in between) the unigram is a different feature, "NOT_word" (Das & Chen 2001; Pang et al. 2002):
+"not bad" and "never boring" then learn their own weights instead of inheriting "bad" and "boring". Keys are exact
 integers (id_{t-n+1} * V^{n-1} + ... + id_t with V = vocab_size + 1, the extra id marking "before the text"), reduced
 modulo a prime bucket count per order. The ONNX export does the same integer arithmetic in the graph
 (`export.ngram_rows`), so serving needs no Python-side hashing. Because each position's score depends only on tokens
@@ -21,11 +24,45 @@ import torch.nn.functional as F
 log = logging.getLogger(__name__)
 
 
-def ngram_rows(ids: torch.Tensor, vocab_size: int, buckets: int, order: int) -> torch.Tensor:
-    """Table rows [B, T, order] for right-padded ids [B, T] (rows at padded positions are meaningless: mask them)."""
+NEGATORS = ("not", "no", "never", "n't", "nothing", "nobody", "none", "neither", "nor", "without", "hardly",
+            "don't", "doesn't", "didn't", "isn't", "wasn't", "aren't", "weren't", "can't", "cannot", "couldn't",
+            "won't", "wouldn't", "shouldn't", "haven't", "hasn't", "hadn't", "ain't", "dont", "didnt", "doesnt",
+            "isnt", "wasnt", "cant", "wont")
+SCOPE_BREAKERS = (".", ",", "!", "?", ";", ":", "(", ")", "but", "however", "although", "though")
+
+
+def negation_ids(vocab: dict[str, int]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Ids of the negators and of the tokens that end a negation's scope, in this vocabulary."""
+    return (tuple(sorted(vocab[w] for w in NEGATORS if w in vocab)),
+            tuple(sorted(vocab[w] for w in SCOPE_BREAKERS if w in vocab)))
+
+
+def negation_scope(ids: torch.Tensor, cfg) -> torch.Tensor:
+    """[B, T] bool: token t follows a negator within cfg.negation_window tokens, no scope breaker in between."""
+    def flags(wanted) -> torch.Tensor:
+        table = torch.zeros(cfg.vocab_size + 1, dtype=torch.bool)
+        table[list(wanted)] = True
+        return table[ids]
+
+    neg, brk = flags(cfg.negation_ids), flags(cfg.scope_break_ids)
+    scope = torch.zeros_like(neg)
+    clear = torch.ones_like(neg)  # no breaker at t-1 .. t-j+1
+    for j in range(1, cfg.negation_window + 1):
+        scope |= F.pad(neg, (j, 0))[:, : ids.shape[1]] & clear
+        clear = clear & ~F.pad(brk, (j, 0))[:, : ids.shape[1]]
+    return scope
+
+
+def ngram_rows(ids: torch.Tensor, cfg) -> torch.Tensor:
+    """Table rows [B, T, order] for right-padded ids [B, T] (rows at padded positions are meaningless: mask them).
+    `cfg` is the ModelConfig (vocab_size, ngram_buckets, ngram_order, negation settings)."""
+    vocab_size, buckets, order = cfg.vocab_size, cfg.ngram_buckets, cfg.ngram_order
     v1, steps = vocab_size + 1, ids.shape[1]
     padded = F.pad(ids, (order - 1, 0), value=vocab_size)  # vocab_size = "before the text"
-    rows, key = [ids], ids
+    unigram = ids
+    if cfg.negation_window:
+        unigram = torch.where(negation_scope(ids, cfg), ids + v1 + (order - 1) * buckets, ids)
+    rows, key = [unigram], ids
     for n in range(2, order + 1):
         earlier = padded[:, order - n: order - n + steps]  # id_{t-n+1}
         key = earlier * v1 ** (n - 1) + key
@@ -33,33 +70,28 @@ def ngram_rows(ids: torch.Tensor, vocab_size: int, buckets: int, order: int) -> 
     return torch.stack(rows, dim=-1)
 
 
-def _doc_rows(ids: np.ndarray, vocab_size: int, buckets: int, order: int) -> np.ndarray:
-    t = torch.from_numpy(np.asarray(ids, np.int64))[None, :]
-    return ngram_rows(t, vocab_size, buckets, order)[0].reshape(-1).numpy()
-
-
-def count_matrix(docs: list[np.ndarray], vocab_size: int, buckets: int, order: int):
+def count_matrix(docs: list[np.ndarray], cfg):
     """Sparse [docs, table rows] n-gram counts."""
     from scipy.sparse import csr_matrix
 
-    size = (vocab_size + 1) + (order - 1) * buckets
     indptr, indices = [0], []
     for ids in docs:
-        rows = _doc_rows(ids, vocab_size, buckets, order) if len(ids) else np.zeros(0, np.int64)
+        t = torch.from_numpy(np.asarray(ids, np.int64))[None, :]
+        rows = ngram_rows(t, cfg)[0].reshape(-1).numpy() if len(ids) else np.zeros(0, np.int64)
         indices.append(rows)
         indptr.append(indptr[-1] + len(rows))
     col = np.concatenate(indices) if indices else np.zeros(0, np.int64)
-    m = csr_matrix((np.ones(len(col), np.float32), col, np.array(indptr)), shape=(len(docs), size))
+    m = csr_matrix((np.ones(len(col), np.float32), col, np.array(indptr)), shape=(len(docs), cfg.ngram_table_size))
     m.sum_duplicates()
     return m
 
 
-def fit_nbsvm(train_ids: list[np.ndarray], labels: list[int], vocab_size: int, buckets: int, order: int,
-              c: float, alpha: float = 1.0) -> tuple[np.ndarray, float]:
+def fit_nbsvm(train_ids: list[np.ndarray], labels: list[int], cfg, c: float,
+              alpha: float = 1.0) -> tuple[np.ndarray, float]:
     """Table weights (coef * r per row) and the intercept of an NB-scaled logistic regression on n-gram counts."""
     from sklearn.linear_model import LogisticRegression
 
-    x = count_matrix(train_ids, vocab_size, buckets, order)
+    x = count_matrix(train_ids, cfg)
     y = np.asarray(labels)
     binary = x.copy()
     binary.data[:] = 1.0

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from service.contract import TRUNCATIONS
 from service.tokenization import TextTokenizer
 from training.calibration import expected_calibration_error, fit_temperature
 from training.config import ModelConfig, TrainConfig
@@ -138,7 +139,8 @@ def batches(ids: list[np.ndarray], labels: list[int], batch_size: int, seed: int
 
 @torch.no_grad()
 def predict_logits(model: RecurrentClassifier, ids, labels, batch_size: int = 256, part: str = "combined"):
-    """Logits in input order. part: "combined" (the whole model), "rnn" (the network alone)."""
+    """Logits and labels in the same (length-bucketed) order. part: "combined" (the whole model), "rnn" (the
+    network alone)."""
     model.eval()
     out, ys = [], []
     fn = model.rnn_logits if part == "rnn" else model
@@ -155,7 +157,7 @@ def evaluate(model, ids, labels) -> dict:
 
 # A resumed run keeps its checkpoint's settings except how long to train (`--resume --epochs 10` extends a run) and
 # the n-gram fit, which happens after the network trains.
-RESUME_OVERRIDES = ("epochs", "patience", "time_budget_min", "ngram_c")
+RESUME_OVERRIDES = ("epochs", "patience", "time_budget_min", "ngram_c", "negation_window")
 
 
 def train(cfg: TrainConfig, resume: bool = False) -> dict:
@@ -169,14 +171,20 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     torch.set_num_threads(max(1, cfg.threads))
     prepared = prepare(cfg, out)
     tokenizer_json = prepared["tokenizer_json"]
-    cfg.model.vocab_size = json.loads(tokenizer_json)["model"]["vocab"].__len__()
+    vocab = json.loads(tokenizer_json)["model"]["vocab"]
+    cfg.model.vocab_size = len(vocab)
+    if cfg.model.ngram_buckets:
+        from training.ngrams import negation_ids
+
+        cfg.model.negation_window = cfg.negation_window
+        cfg.model.negation_ids, cfg.model.scope_break_ids = negation_ids(vocab) if cfg.negation_window else ((), ())
     model = RecurrentClassifier(cfg.model)
     if prepared["embeddings"] is not None and cfg.embeddings != "random":
         model.load_embeddings(prepared["embeddings"])
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     state = {"epoch": 0, "best_acc": -1.0, "best_state": None, "history": [], "bad_epochs": 0, "elapsed": 0.0}
     if resume and ckpt_path.exists():
-        model.load_state_dict(saved["model"])
+        model.load_state_dict(network_state(saved["model"]), strict=False)
         opt.load_state_dict(saved["optimizer"])
         state = saved["state"]
         torch.set_rng_state(saved["torch_rng"])
@@ -230,6 +238,12 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     return finish(cfg, model, state, prepared, out)
 
 
+def network_state(state: dict) -> dict:
+    """A state dict without the n-gram branch, which is refitted after training (its table size follows the
+    n-gram settings, which a resumed run may change)."""
+    return {k: v for k, v in state.items() if not k.startswith(("ngram.", "mix"))}
+
+
 def fit_mix(rnn_logits: torch.Tensor, ngram: torch.Tensor, y: torch.Tensor) -> list[float]:
     """[a, b, c] of log-odds = a * recurrent log-odds + b * n-gram score + c, by logistic regression on validation:
     the weighting of the two parts and the calibration in one (temperature scaling is its b = 0 special case)."""
@@ -240,38 +254,46 @@ def fit_mix(rnn_logits: torch.Tensor, ngram: torch.Tensor, y: torch.Tensor) -> l
     return [float(clf.coef_[0][0]), float(clf.coef_[0][1]), float(clf.intercept_[0])]
 
 
-def fit_branch(cfg: TrainConfig, model: RecurrentClassifier, prepared: dict) -> dict:
-    """NBSVM weights for the n-gram branch, then the mix on validation; accuracy of each part alone."""
+@torch.no_grad()
+def predict_parts(model: RecurrentClassifier, ids, labels, batch_size: int = 256):
+    """The network's logits, the n-gram branch's scores and the labels, all in the same (length-bucketed) order."""
+    model.eval()
+    rnn, ngram, ys = [], [], []
+    for x, lengths, y in batches(ids, labels, batch_size, seed=None):
+        rnn.append(model.rnn_logits(x, lengths))
+        ngram.append(model.ngram_score(x, lengths))
+        ys.append(y)
+    return torch.cat(rnn), torch.cat(ngram), torch.cat(ys)
+
+
+def fit_branch(cfg: TrainConfig, model: RecurrentClassifier, prepared: dict, out: Path) -> dict:
+    """NBSVM weights for the n-gram branch (cached in the run folder per C), then the mix on validation; accuracy
+    of each part alone."""
     from training.ngrams import fit_nbsvm
 
     mc = model.cfg
     start = time.time()
-    weights, intercept = fit_nbsvm(*prepared["train"], mc.vocab_size, mc.ngram_buckets, mc.ngram_order, cfg.ngram_c)
+    cache = out / f"ngram_c{cfg.ngram_c:g}_neg{mc.negation_window}.npz"
+    if cache.exists():
+        saved = np.load(cache)
+        weights, intercept = saved["weights"], float(saved["intercept"])
+    else:
+        weights, intercept = fit_nbsvm(*prepared["train"], mc, cfg.ngram_c)
+        np.savez(cache, weights=weights, intercept=intercept)
     with torch.no_grad():
         model.ngram.weight.copy_(torch.from_numpy(weights)[:, None])
-    rnn, y = predict_logits(model, *prepared["val"], part="rnn")
-    val_ids = prepared["val"][0]
-    scores = []
-    model.eval()
-    with torch.no_grad():
-        for start_row in range(0, len(val_ids), 256):
-            rows = val_ids[start_row:start_row + 256]
-            lengths = torch.tensor([max(1, len(r)) for r in rows])
-            x = torch.zeros(len(rows), int(lengths.max()), dtype=torch.long)
-            for i, r in enumerate(rows):
-                x[i, : len(r)] = torch.from_numpy(r)
-            scores.append(model.ngram_score(x, lengths))
-    ngram = torch.cat(scores)
+    rnn, ngram, y = predict_parts(model, *prepared["val"])
     mix = fit_mix(rnn, ngram, y)
     model.mix.copy_(torch.tensor(mix))
-    return {"mix": mix, "ngram_intercept": intercept, "ngram_fit_seconds": round(time.time() - start, 1),
+    return {"mix": mix, "ngram_c": cfg.ngram_c, "negation_window": mc.negation_window, "ngram_intercept": intercept,
+            "ngram_fit_seconds": round(time.time() - start, 1),
             "val_accuracy_rnn": (rnn.argmax(1) == y).float().mean().item(),
             "val_accuracy_ngram": ((ngram + intercept > 0).long() == y).float().mean().item()}
 
 
 def finish(cfg: TrainConfig, model, state, prepared, out: Path) -> dict:
-    model.load_state_dict(state["best_state"], strict=False)
-    extra = fit_branch(cfg, model, prepared) if cfg.model.ngram_buckets else {}
+    model.load_state_dict(network_state(state["best_state"]), strict=False)
+    extra = fit_branch(cfg, model, prepared, out) if cfg.model.ngram_buckets else {}
     logits, y = predict_logits(model, *prepared["val"])
     # With an n-gram branch the mix already calibrates; temperature is then 1.
     temperature = 1.0 if extra else fit_temperature(logits, y)
@@ -331,8 +353,8 @@ def parse_config(argv: list[str] | None = None) -> tuple[TrainConfig, bool]:
     if model.cell not in ("rnn", "lstm", "gru") or model.pooling not in ("last", "mean", "max", "meanmax"):
         parser.error("--cell must be rnn|lstm|gru and --pooling last|mean|max|meanmax")
     cfg = TrainConfig(model=model, **{k: v for k, v in args.items() if k not in model_fields and v is not None})
-    if cfg.truncation not in ("head", "tail", "head_tail"):
-        parser.error("--truncation must be head|tail|head_tail")
+    if cfg.truncation not in TRUNCATIONS:
+        parser.error(f"--truncation must be {'|'.join(TRUNCATIONS)}")
     ckpt_path = Path(cfg.out_dir) / "checkpoint.pt"
     if resume and ckpt_path.exists():
         # Stopping settings not given on the command line stay those of the run being resumed.

@@ -48,17 +48,37 @@ def run(export_random, ort_session):
     return go
 
 
+def _spec(**kw):
+    from training.config import ModelConfig
+
+    return ModelConfig(**{"vocab_size": 10, "ngram_buckets": BUCKETS, "ngram_order": 3, **kw})
+
+
 def test_ngram_rows_hash_each_order_into_its_own_block():
     ids = torch.tensor([[5, 7, 9, 0]])
-    rows = ngram_rows(ids, vocab_size=10, buckets=BUCKETS, order=3)[0]
+    rows = ngram_rows(ids, _spec())[0]
     assert rows[:, 0].tolist() == [5, 7, 9, 0]  # unigrams are their ids
     v1 = 11
     assert rows[1, 1].item() == v1 + (5 * v1 + 7) % BUCKETS  # bigram (5, 7)
     assert rows[0, 1].item() == v1 + (10 * v1 + 5) % BUCKETS  # (begin-of-text, 5)
     assert rows[2, 2].item() == v1 + BUCKETS + ((5 * v1 + 7) * v1 + 9) % BUCKETS
     assert ((rows[:, 1] >= v1) & (rows[:, 1] < v1 + BUCKETS)).all()
-    counts = count_matrix([np.array([2, 3, 2, 3])], 10, BUCKETS, 3)  # bigrams (bos, 2), (2, 3) twice, (3, 2)
+    counts = count_matrix([np.array([2, 3, 2, 3])], _spec())  # bigrams (bos, 2), (2, 3) twice, (3, 2)
     assert counts[0, 2] == 2 and counts[0, v1 + (2 * v1 + 3) % BUCKETS] == 2 and counts.sum() == 12
+
+
+def test_negation_scope_marks_the_words_after_a_negator_until_a_breaker():
+    from training.ngrams import negation_scope
+
+    cfg = _spec(negation_window=3, negation_ids=(2,), scope_break_ids=(3,))
+    #                  not  a  b  c  d  not  x  .  y
+    ids = torch.tensor([[2, 5, 6, 7, 8, 2, 5, 3, 6]])
+    assert negation_scope(ids, cfg)[0].tolist() == [0, 1, 1, 1, 0, 0, 1, 1, 0]
+    rows = ngram_rows(ids, cfg)[0, :, 0]
+    v1 = 11
+    negated = v1 + 2 * BUCKETS
+    assert rows.tolist() == [2, negated + 5, negated + 6, negated + 7, 8, 2, negated + 5, negated + 3, 6]
+    assert cfg.ngram_table_size == negated + v1
 
 
 @pytest.mark.parametrize("config", UNI, ids=_ids)
@@ -106,7 +126,7 @@ def test_an_ngram_weight_is_shared_by_its_tokens(export_random, ort_session):
     exp = export_random("lstm", False, "mean", 1, BUCKETS)
     cfg = exp.model.cfg
     ids = torch.tensor([[4, 9, 11, 9]])
-    row = ngram_rows(ids, cfg.vocab_size, BUCKETS, cfg.ngram_order)[0, 2, 1].item()  # bigram (9, 11)
+    row = ngram_rows(ids, cfg)[0, 2, 1].item()  # bigram (9, 11)
     from training.config import TrainConfig
     from training.export import export_model
     from training.models import RecurrentClassifier
