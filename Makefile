@@ -43,10 +43,16 @@ sweep: venv
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
 
-# Speed figures as ratios measured in one run: writes benchmarks/results.json and the README table.
+# Speed figures as ratios measured in one run: writes benchmarks/results.json and the README table. Needs wrk
+# (`make bench-tools`). BENCH_SECONDS=3 BENCH_TEXTS=300 for a quick look.
 bench: venv
 	$(BIN)/python -m benchmarks.bench
 	$(BIN)/python -m benchmarks.cli_bench
+
+# The HTTP load generator `make bench` drives (Debian's wrk); the lock timeout waits out another apt run.
+.PHONY: bench-tools
+bench-tools:
+	command -v wrk >/dev/null || apt-get -o DPkg::Lock::Timeout=300 install -y wrk
 
 # 1,000,000 short rows through `sentiment-score`, RSS sampled at ~20% and ~90% (into benchmarks/cli_results.json).
 .PHONY: bench-memory
