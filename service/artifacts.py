@@ -1,5 +1,6 @@
-"""Finding and verifying artifact directories (the only contract with training): manifest schema, the sha256 of
-every listed file, and the files the runtime needs. Any problem raises `ArtifactError` naming the file."""
+"""Finding and verifying artifact directories: the manifest against the contract's schema (service/contract.py),
+the sha256 of every listed file, and the files the runtime needs. Any problem raises `ArtifactError` naming the
+file."""
 
 from __future__ import annotations
 
@@ -7,8 +8,11 @@ import hashlib
 import json
 from pathlib import Path
 
-SUPPORTED_SCHEMA = 1
-REQUIRED_FILES = ("model.onnx", "diagnostics.onnx", "tokenizer.json")
+from pydantic import ValidationError
+
+from service.contract import MANIFEST_FILE, REQUIRED_FILES, SCHEMA_VERSION, Manifest
+
+SUPPORTED_SCHEMA = SCHEMA_VERSION  # the one this service reads
 
 
 class ArtifactError(RuntimeError):
@@ -28,30 +32,43 @@ def discover(root: str | Path) -> list[Path]:
     root = Path(root)
     if not root.is_dir():
         raise ArtifactError(f"model directory {root} does not exist")
-    if (root / "manifest.json").is_file():
+    if (root / MANIFEST_FILE).is_file():
         return [root]
-    found = sorted(p.parent for p in root.glob("*/manifest.json"))
+    found = sorted(p.parent for p in root.glob(f"*/{MANIFEST_FILE}"))
     if not found:
-        raise ArtifactError(f"no model artifacts (*/manifest.json) under {root}")
+        raise ArtifactError(f"no model artifacts (*/{MANIFEST_FILE}) under {root}")
     return found
 
 
+def _problem(exc: ValidationError) -> str:
+    """The first schema violation, in the words of the earlier key checks ("missing field 'name'")."""
+    error = exc.errors()[0]
+    where = ".".join(str(part) for part in error["loc"])
+    if error["type"] == "missing":
+        return f"missing field {where!r}"
+    return f"field {where!r}: {error['msg']}"
+
+
 def load_manifest(directory: str | Path, verify: bool = True) -> dict:
+    """The manifest as written (extra keys kept), once it satisfies the contract; with `verify`, every listed file is
+    there and has the listed sha256."""
     directory = Path(directory)
-    path = directory / "manifest.json"
+    path = directory / MANIFEST_FILE
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
         raise ArtifactError(f"{path}: missing") from exc
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ArtifactError(f"{path}: not valid JSON ({exc})") from exc
-    if not isinstance(manifest, dict) or manifest.get("schema_version") != SUPPORTED_SCHEMA:
+    if not isinstance(manifest, dict):
+        raise ArtifactError(f"{path}: not a manifest object")
+    if manifest.get("schema_version") != SUPPORTED_SCHEMA:
         raise ArtifactError(f"{path}: unsupported schema_version {manifest.get('schema_version')!r} "
-                            f"(this service reads {SUPPORTED_SCHEMA})" if isinstance(manifest, dict)
-                            else f"{path}: not a manifest object")
-    for key in ("name", "version", "labels", "model", "tokenizer", "max_tokens", "truncation", "files"):
-        if key not in manifest:
-            raise ArtifactError(f"{path}: missing field {key!r}")
+                            f"(this service reads {SUPPORTED_SCHEMA})")
+    try:
+        Manifest.model_validate(manifest)
+    except ValidationError as exc:
+        raise ArtifactError(f"{path}: {_problem(exc)}") from None
     for required in REQUIRED_FILES:
         if required not in manifest["files"]:
             raise ArtifactError(f"{path}: does not list {required}")

@@ -9,14 +9,12 @@ from __future__ import annotations
 import logging
 
 from service.artifacts import ArtifactError, discover
+from service.contract import DEFAULT_MODEL_NAME
 from service.errors import ApiError
 from service.runtime import ModelRuntime
 from service.settings import Settings
 
 log = logging.getLogger("sentiment.registry")
-
-# The shipped default (exported/imdb-lstm): served by default when present and no default is configured.
-SHIPPED_DEFAULT = "imdb-lstm"
 
 
 class ModelRegistry:
@@ -32,7 +30,8 @@ class ModelRegistry:
         if default is not None and default not in self.runtimes:
             raise ArtifactError(f"default model {default!r} is not among the loaded models "
                                 f"({', '.join(self.runtimes)})")
-        self.default = default or (SHIPPED_DEFAULT if SHIPPED_DEFAULT in self.runtimes else min(self.runtimes))
+        # The shipped default (exported/imdb-lstm) when present and no default is configured, else the first by name.
+        self.default = default or (DEFAULT_MODEL_NAME if DEFAULT_MODEL_NAME in self.runtimes else min(self.runtimes))
 
     @staticmethod
     def load_one(directory, settings: Settings) -> ModelRuntime:

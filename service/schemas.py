@@ -7,13 +7,14 @@ items) are checked in the routes, because they answer 413 rather than 422.
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from pydantic_core import PydanticCustomError
 
-Truncate = Literal["head", "tail", "head_tail"]
+from service.contract import Truncation as Truncate
 
 
 def _unicode(text: str) -> str:
@@ -27,9 +28,15 @@ def _unicode(text: str) -> str:
     return text
 
 
+# Invisible format characters (category Cf: zero-width space, BOM, direction marks) count as blank, like whitespace.
+# Cf exists only in planes 0, 1 and 14; one regex search runs in C, where a per-character Python check took 270 ms of
+# the event loop for a batch of 64 hostile texts (19,999 zero-width spaces and a letter).
+_FORMAT_CHARS = "".join(chr(c) for c in [*range(0x20000), *range(0xE0000, 0xE1000)] if unicodedata.category(chr(c)) == "Cf")
+_VISIBLE = re.compile(f"[^\\s{re.escape(_FORMAT_CHARS)}]")
+
+
 def _not_blank(text: str) -> str:
-    # Invisible format characters (zero-width space, BOM, direction marks) count as blank, like whitespace.
-    if all(c.isspace() or unicodedata.category(c) == "Cf" for c in text):
+    if not _VISIBLE.search(text):
         raise PydanticCustomError("empty_text", "text is empty or only whitespace or invisible characters")
     return text
 

@@ -12,7 +12,7 @@ from typing import Annotated
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-DEFAULT_MODEL_ROOT = Path(__file__).resolve().parents[1] / "exported"
+from service.contract import DEFAULT_MODEL_ROOT
 
 # Comma-separated in the environment ("cuda,cpu"), not JSON: NoDecode hands the raw string to the validator.
 CsvList = Annotated[list[str], NoDecode]

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 from tokenizers import Tokenizer
 
-Truncation = Literal["head", "tail", "head_tail"]
+from service.contract import Truncation
+
+__all__ = ["Encoded", "TextTokenizer", "Truncation", "kept_positions"]
 PAD, UNK = "[PAD]", "[UNK]"
 
 

@@ -4,7 +4,8 @@
 
 Writes `model.onnx` (plain scoring: calibrated probabilities only), `diagnostics.onnx` (the same network plus
 per-layer/per-direction hidden states, gate activations and the running score), `weights.bin` (their shared
-weights), `tokenizer.json`, `manifest.json` (config, policy, metrics and the sha256 of every file) and MODEL_CARD.md.
+weights), `tokenizer.json`, `manifest.json` (config, policy, metrics and the sha256 of every file; its schema is
+service/contract.py) and MODEL_CARD.md.
 
 The graphs themselves are built in training/graph.py.
 """
@@ -23,6 +24,7 @@ from pathlib import Path
 import onnx
 import torch
 
+from service import contract
 from service.artifacts import sha256_of
 from training import model_card
 from training.cells import GATE_NAMES
@@ -30,8 +32,6 @@ from training.config import ModelConfig, TrainConfig
 from training.graph import OPSET, GraphExporter, supports_exact_diagnostics
 from training.models import RecurrentClassifier
 from training.onnx_graph import externalize
-
-SCHEMA_VERSION = 1
 
 
 def diagnostics_contract(cfg: ModelConfig) -> dict:
@@ -79,42 +79,45 @@ def export_model(model: RecurrentClassifier, tokenizer_json: str, out: Path, *, 
     """Write a complete artifact directory; returns its manifest."""
     out.mkdir(parents=True, exist_ok=True)
     exporter = GraphExporter(model, temperature, train_cfg.max_tokens)
-    graphs = {"model.onnx": exporter.build(diagnostics=False), "diagnostics.onnx": exporter.build(diagnostics=True)}
-    externalize(graphs, out / "weights.bin")
+    graphs = {contract.MODEL_FILE: exporter.build(diagnostics=False),
+              contract.DIAGNOSTICS_FILE: exporter.build(diagnostics=True)}
+    externalize(graphs, out / contract.WEIGHTS_FILE)
     for fname, graph in graphs.items():
         onnx.save(graph, out / fname)
         onnx.checker.check_model(str(out / fname))
-    (out / "tokenizer.json").write_text(tokenizer_json, encoding="utf-8")
+    (out / contract.TOKENIZER_FILE).write_text(tokenizer_json, encoding="utf-8")
     cfg = model.cfg
-    manifest = {
-        "schema_version": SCHEMA_VERSION,
-        "name": name,
-        "version": version,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "labels": ["negative", "positive"],
-        "model": {**asdict(cfg), "directions": cfg.directions, "gates": list(GATE_NAMES[cfg.cell])},
-        "tokenizer": {"file": "tokenizer.json", "vocab_size": json.loads(tokenizer_json)["model"]["vocab"].__len__(),
-                      "pad_id": 0, "unk_token": "[UNK]"},
-        "max_tokens": train_cfg.max_tokens,
-        "truncation": {"strategy": train_cfg.truncation, "head_tokens": train_cfg.head_tokens,
-                       "note": f"texts longer than max_tokens keep their first head_tokens and last max_tokens - "
-                               f"head_tokens tokens ({train_cfg.truncation}); shorter texts are scored whole"},
-        "temperature": temperature,
-        "diagnostics": diagnostics_contract(cfg),
-        "onnx": {"opset": OPSET, "scoring": "model.onnx", "diagnostics": "diagnostics.onnx",
-                 "inputs": {"input_ids": "int64 [batch, tokens]", "lengths": "int64 [batch]"}},
-        "metrics": {k: v for k, v in metrics.items() if k != "history"},
-        "history": metrics.get("history", []),
-        "training": {"command": train_command(train_cfg), "config": {k: v for k, v in asdict(train_cfg).items()
-                                                                      if k != "model"},
-                     "source_commit": source_commit()},
-    }
-    manifest["files"] = {}
-    model_card.write(out, manifest, comparison, notes)
-    manifest["files"] = {p.name: {"sha256": sha256_of(p), "bytes": p.stat().st_size}
-                         for p in sorted(out.iterdir()) if p.is_file() and p.name != "manifest.json"}
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    return manifest
+    vocab_size = len(json.loads(tokenizer_json)["model"]["vocab"])
+    manifest = contract.Manifest(
+        schema_version=contract.SCHEMA_VERSION,
+        name=name,
+        version=version,
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        labels=["negative", "positive"],
+        model={**asdict(cfg), "directions": cfg.directions, "gates": list(GATE_NAMES[cfg.cell])},
+        tokenizer=contract.TokenizerInfo(file=contract.TOKENIZER_FILE, vocab_size=vocab_size, pad_id=0, unk_token="[UNK]"),
+        max_tokens=train_cfg.max_tokens,
+        truncation=contract.TruncationPolicy(
+            strategy=train_cfg.truncation, head_tokens=train_cfg.head_tokens,
+            note=f"texts longer than max_tokens keep their first head_tokens and last max_tokens - head_tokens tokens "
+                 f"({train_cfg.truncation}); shorter texts are scored whole"),
+        temperature=temperature,
+        diagnostics=contract.DiagnosticsContract(**diagnostics_contract(cfg)),
+        onnx={"opset": OPSET, "scoring": contract.MODEL_FILE, "diagnostics": contract.DIAGNOSTICS_FILE,
+              "inputs": {"input_ids": "int64 [batch, tokens]", "lengths": "int64 [batch]"}},
+        metrics={k: v for k, v in metrics.items() if k != "history"},
+        history=metrics.get("history", []),
+        training={"command": train_command(train_cfg),
+                  "config": {k: v for k, v in asdict(train_cfg).items() if k != "model"},
+                  "source_commit": source_commit()},
+        files={},
+    )
+    model_card.write(out, manifest.to_dict(), comparison, notes)
+    manifest.files = {p.name: contract.FileEntry(sha256=sha256_of(p), bytes=p.stat().st_size)
+                      for p in sorted(out.iterdir()) if p.is_file() and p.name != contract.MANIFEST_FILE}
+    written = manifest.to_dict()
+    (out / contract.MANIFEST_FILE).write_text(json.dumps(written, indent=2) + "\n")
+    return written
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -33,10 +33,8 @@ from service.batch.local import run_local
 from service.batch.readers import default_max_line_bytes
 from service.batch.summary import print_summary
 from service.batch.writers import atomic_write_text
+from service.contract import DEFAULT_MODEL_NAME, DEFAULT_MODEL_ROOT
 from service.runtime import ModelRuntime, ProviderError
-
-DEFAULT_MODEL_ROOT = Path(__file__).resolve().parents[2] / "exported"
-DEFAULT_MODEL_NAME = "imdb-lstm"
 
 
 def resolve_model(model_dir: str | None, name: str | None) -> Path:
