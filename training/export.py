@@ -32,6 +32,7 @@ from training.config import ModelConfig, TrainConfig
 from training.graph import OPSET, GraphExporter, supports_exact_diagnostics
 from training.models import RecurrentClassifier
 from training.onnx_graph import externalize
+from training.train import DERIVED_MODEL_FIELDS
 
 
 def diagnostics_contract(cfg: ModelConfig) -> dict:
@@ -59,7 +60,7 @@ def train_command(cfg: TrainConfig) -> str:
     for obj, ref in ((cfg, default), (cfg.model, default_model)):
         for f in fields(obj):
             value = getattr(obj, f.name)
-            if f.name in ("model", "vocab_size", "num_labels") or value == getattr(ref, f.name):
+            if f.name in ("model", "vocab_size", "num_labels", *DERIVED_MODEL_FIELDS) or value == getattr(ref, f.name):
                 continue
             flag = "--" + f.name.replace("_", "-")
             parts += [flag if value is True else f"--no-{flag[2:]}"] if isinstance(value, bool) else [flag, str(value)]

@@ -327,6 +327,10 @@ def finish(cfg: TrainConfig, model, state, prepared, out: Path) -> dict:
     return metrics
 
 
+# Model fields set from the training config and the vocabulary, not from the command line.
+DERIVED_MODEL_FIELDS = ("negation_window", "negation_ids", "scope_break_ids")
+
+
 def _add_dataclass_args(parser: argparse.ArgumentParser, cls, skip=("model",)) -> None:
     for f in dataclasses.fields(cls):
         if f.name in skip:
@@ -344,11 +348,11 @@ def parse_config(argv: list[str] | None = None) -> tuple[TrainConfig, bool]:
     parser = argparse.ArgumentParser(prog="sentiment-train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_dataclass_args(parser, TrainConfig)
-    _add_dataclass_args(parser, ModelConfig, skip=("vocab_size", "num_labels"))
+    _add_dataclass_args(parser, ModelConfig, skip=("vocab_size", "num_labels") + DERIVED_MODEL_FIELDS)
     parser.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
     args = vars(parser.parse_args(argv))
     resume = args.pop("resume")
-    model_fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    model_fields = {f.name for f in dataclasses.fields(ModelConfig)} - set(DERIVED_MODEL_FIELDS)
     model = ModelConfig(**{k: v for k, v in args.items() if k in model_fields and v is not None})
     if model.cell not in ("rnn", "lstm", "gru") or model.pooling not in ("last", "mean", "max", "meanmax"):
         parser.error("--cell must be rnn|lstm|gru and --pooling last|mean|max|meanmax")
