@@ -18,6 +18,9 @@ Layers are reported column-wise: each list is aligned with `tokens`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
 import numpy as np
 
 REPORTED_GATES = ("input", "forget", "output", "reset", "update")
@@ -26,6 +29,24 @@ TOP_TOKENS = 5
 # Occlusion runs the model once per token over the whole text (O(T^2) token steps): beyond this many tokens it is
 # not computed and the response says so.
 OCCLUSION_MAX_TOKENS = 1_000
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What the report needs to know about the model, and nothing more: how to name a token id, which id is [UNK],
+    which label is positive, and what the manifest says about the cell, its gates and its diagnostics graph."""
+
+    id_to_token: Callable[[int], str | None]
+    unk_id: int
+    positive: int  # index of "positive" among the labels
+    cell: str | None = None
+    gates: tuple[str, ...] = ()  # the cell's gates, in the order of the graph's gates_{layer} output
+    contract: dict = field(default_factory=dict)  # the manifest's "diagnostics" block (see service/contract.py)
+
+    @classmethod
+    def from_manifest(cls, manifest: dict, id_to_token: Callable[[int], str | None], unk_id: int) -> ModelFacts:
+        return cls(id_to_token, unk_id, list(manifest["labels"]).index("positive"), manifest["model"].get("cell"),
+                   tuple(manifest["model"].get("gates", [])), dict(manifest.get("diagnostics") or {}))
 
 
 def _r(values: np.ndarray, digits: int = 6) -> list:
@@ -90,17 +111,17 @@ def _top(tokens: list[dict], values: np.ndarray, positive: bool) -> list[dict]:
             for i in order if (values[i] > 0 if positive else values[i] < 0)]
 
 
-def build(rt, text: str, enc, outputs: dict, include_hidden: bool, max_hidden_values: int,
+def build(model: ModelFacts, text: str, enc, outputs: dict, include_hidden: bool, max_hidden_values: int,
           occlusion: np.ndarray | None, final_logodds: float, attribution: bool = False) -> dict:
-    """`occlusion`: log-odds with each token masked (None when not computed); reported as `attribution` when
-    `attribution` is asked for."""
+    """The report (shape: `schemas.DiagnosticsReport`) for one text. `enc`: its `Encoded` tokens; `outputs`: the
+    diagnostics graph's outputs by name; `occlusion`: log-odds with each token masked (None when not computed),
+    reported as `attribution` when `attribution` is asked for."""
     n = enc.num_tokens
     exact = "running_logodds" in outputs
-    unk = rt.tokenizer.unk_id
-    vocab = rt.tokenizer.tokenizer
-    final = float(outputs["probabilities"][0, rt.positive])
+    unk = model.unk_id
+    final = float(outputs["probabilities"][0, model.positive])
     ids = enc.ids.tolist()
-    words = [vocab.id_to_token(tid) for tid in ids]
+    words = [model.id_to_token(tid) for tid in ids]
     tokens = [{"index": i, "text": text[start:end], "start": start, "end": end, "id": tid, "token": word,
                "unknown": tid == unk}
               for i, ((start, end), tid, word) in enumerate(zip(enc.offsets, ids, words))]
@@ -112,13 +133,13 @@ def build(rt, text: str, enc, outputs: dict, include_hidden: bool, max_hidden_va
         columns = {"running_score": _r(running), "running_logodds": _r(outputs["running_logodds"][0, :n]),
                    "score_delta": _r(running - np.concatenate([[0.5], running[:-1]])), "contribution": _r(contrib)}
         summary.update(running_score_method="exact",
-                       contribution_method=rt.manifest.get("diagnostics", {}).get("contribution", "state_change"),
+                       contribution_method=model.contract.get("contribution", "state_change"),
                        contribution_baseline=round(float(outputs["contribution_baseline"][0]), 6))
     else:
         contrib = occ
         columns = {"running_score": [None] * n, "running_logodds": [None] * n, "score_delta": [None] * n,
                    "contribution": [None] * n if occ is None else _r(occ)}
-        summary.update(running_score_method=None, running_score_note=rt.manifest.get("diagnostics", {}).get(
+        summary.update(running_score_method=None, running_score_note=model.contract.get(
             "note", "bidirectional encoder: no prefix reading exists (the backward half reads the whole text first)"),
             contribution_method=None if occ is None else "occlusion")
         if occ is None:
@@ -130,7 +151,7 @@ def build(rt, text: str, enc, outputs: dict, include_hidden: bool, max_hidden_va
     if attribution and occ is not None:
         for row, value in zip(tokens, _r(occ)):
             row["attribution"] = value
-    gate_names = list(rt.manifest["model"].get("gates", []))
+    gate_names = list(model.gates)
     layers, overall = _layer_reports(outputs, n, gate_names)
     summary.update(
         top_positive=[] if contrib is None else _top(tokens, contrib, True),
@@ -143,7 +164,7 @@ def build(rt, text: str, enc, outputs: dict, include_hidden: bool, max_hidden_va
     for name in ("forget", "update"):
         if name in summary["gate_mean"]:
             summary[f"mean_{name}_gate"] = summary["gate_mean"][name]
-    report = {"cell": rt.manifest["model"].get("cell"), "gates": [g for g in gate_names if g in REPORTED_GATES],
+    report = {"cell": model.cell, "gates": [g for g in gate_names if g in REPORTED_GATES],
               "tokens": tokens, "layers": layers, "summary": summary}
     if include_hidden:
         report["hidden"] = _hidden(outputs, n, max_hidden_values)

@@ -97,6 +97,7 @@ class ModelRuntime:
         self.diagnostics_session = self._session("diagnostics.onnx", opts)
         self.provider = self.session.get_providers()[0]
         self.diagnostic_outputs = [o.name for o in self.diagnostics_session.get_outputs()]
+        self.facts = diagnostics.ModelFacts.from_manifest(m, self.tokenizer.tokenizer.id_to_token, self.tokenizer.unk_id)
         self.warmup()
         log.info("loaded model %s %s from %s on %s", self.name, self.version, self.directory, self.provider)
 
@@ -180,7 +181,7 @@ class ModelRuntime:
         # Models without exact contributions fall back to occlusion, within its bound.
         wanted = attribution or "contribution" not in outputs
         occlusion = self.occlusion(enc) if wanted and enc.num_tokens <= diagnostics.OCCLUSION_MAX_TOKENS else None
-        report = diagnostics.build(self, text, enc, outputs, include_hidden, max_hidden_values, occlusion,
+        report = diagnostics.build(self.facts, text, enc, outputs, include_hidden, max_hidden_values, occlusion,
                                    final_logodds, attribution)
         if attribution and occlusion is None:
             report["summary"]["attribution_note"] = (f"attribution (occlusion) skipped: {enc.num_tokens} tokens, over "

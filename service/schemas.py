@@ -9,9 +9,17 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializationInfo,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+)
 from pydantic_core import PydanticCustomError
 
 from service.contract import Truncation as Truncate
@@ -84,6 +92,103 @@ class Probabilities(BaseModel):
     positive: float
 
 
+class _Report(BaseModel):
+    """A part of the diagnostics report. Nullable fields stay in the response as null even though the routes drop
+    unset values (`response_model_exclude_none`): a null running_score means "no such reading for this model",
+    which clients must be able to tell from "not asked for". Unknown keys pass through."""
+
+    model_config = ConfigDict(extra="allow")
+
+    # No return annotation: with one, pydantic would document the serialized report as that type (Any), not as
+    # the fields below.
+    @model_serializer(mode="wrap")
+    def _keep_nulls(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo):
+        out = handler(self)
+        if info.exclude_none and isinstance(out, dict):  # runs once per token: keep it cheap
+            for name in self.model_fields_set:
+                if name not in out and getattr(self, name) is None:
+                    out[name] = None  # (after the others: JSON objects are unordered)
+        return out
+
+
+class TokenReport(_Report):
+    index: int = Field(description="position among the tokens scored")
+    text: str = Field(description="the token's span of the submitted text")
+    start: int = Field(description="character offset of the span in the submitted text")
+    end: int
+    id: int = Field(description="vocabulary id")
+    token: str | None = Field(description="the vocabulary entry")
+    unknown: bool = Field(description="the token is [UNK] (not in the vocabulary)")
+    running_score: float | None = Field(description="P(positive) of the text cut after this token; null for "
+                                                    "bidirectional models (no such reading exists)")
+    running_logodds: float | None = Field(description="the same in log-odds")
+    score_delta: float | None = Field(description="running_score minus the previous one (0.5 before the first)")
+    contribution: float | None = Field(description="signed share of the final log-odds (see summary."
+                                                   "contribution_method); null when not computed")
+    attribution: float | None = Field(None, description="occlusion importance in log-odds (asked for with "
+                                                        "attribution)")
+
+
+class TopToken(_Report):
+    index: int
+    text: str
+    contribution: float
+
+
+class DiagnosticsSummary(_Report):
+    final_score: float = Field(description="P(positive) of the whole text (= score)")
+    final_logodds: float
+    running_score_method: str | None = Field(description='"exact", or null when running_score is not available')
+    running_score_note: str | None = None
+    contribution_method: str | None = Field(description='e.g. "state_change", "state_change+ngram", "occlusion"')
+    contribution_baseline: float | None = Field(None, description="exact models: baseline + sum of contributions = "
+                                                                  "final_logodds")
+    contribution_note: str | None = None
+    attribution_note: str | None = None
+    top_positive: list[TopToken] = Field(description="tokens pushing most towards positive")
+    top_negative: list[TopToken]
+    unknown_share: float = Field(description="share of tokens that are [UNK]")
+    gate_mean: dict[str, float] = Field(description="per gate: mean activation over the review, layers and units")
+    gate_saturation: dict[str, float] = Field(description="per gate: share of activations < 0.1 or > 0.9")
+    mean_forget_gate: float | None = None
+    mean_update_gate: float | None = None
+
+
+class LayerReport(_Report):
+    layer: int
+    direction: Literal["forward", "backward"]
+    hidden_norm: list[float] = Field(description="per token: ||h_t||")
+    delta_norm: list[float] = Field(description="per token: ||h_t - h_prev|| in this direction's reading order")
+    gate_mean: dict[str, list[float]] = Field(description="per gate, per token: mean activation over units")
+    gate_saturation: dict[str, list[float]]
+
+
+class HiddenBlock(_Report):
+    layer: int
+    direction: Literal["forward", "backward"]
+    units: list[int] = Field(description="which hidden units are listed (those that vary most when capped)")
+    size: int = Field(description="hidden units in this layer and direction")
+    values: list[list[float]] = Field(description="per token, the listed units' values")
+
+
+class HiddenReport(_Report):
+    layers: list[HiddenBlock]
+    capped: bool
+    max_values: int
+
+
+class DiagnosticsReport(_Report):
+    """The per-token report of the recurrent state (`"diagnostics": true`; definitions in service/diagnostics.py
+    and the README's Diagnostics). Lists under `layers` are aligned with `tokens`."""
+
+    cell: str | None = Field(description="rnn, lstm or gru")
+    gates: list[str] = Field(description="the gates reported under layers[].gate_mean and gate_saturation")
+    tokens: list[TokenReport]
+    layers: list[LayerReport]
+    summary: DiagnosticsSummary
+    hidden: HiddenReport | None = Field(None, description="raw hidden vectors (include_hidden), size-capped")
+
+
 class SentimentResponse(BaseModel):
     label: Literal["negative", "positive"]
     score: float = Field(description="P(positive), calibrated")
@@ -91,7 +196,7 @@ class SentimentResponse(BaseModel):
     model: ModelRef
     num_tokens: int = Field(description="tokens scored (after truncation)")
     truncated: bool = Field(description="the text had more tokens than the model reads; some were dropped")
-    diagnostics: dict[str, Any] | None = Field(None, description="per-token report (see the README's Diagnostics)")
+    diagnostics: DiagnosticsReport | None = Field(None, description="per-token report (see the README's Diagnostics)")
 
 
 class BatchResult(SentimentResponse):
