@@ -54,6 +54,14 @@ bench: venv
 bench-tools:
 	command -v wrk >/dev/null || apt-get -o DPkg::Lock::Timeout=300 install -y wrk
 
+# Debian's chromium for the page tests (tests/service/test_page.py, which fail without it rather than install it
+# themselves); refreshes the package lists only when the first try fails; the lock timeout waits out another apt run.
+.PHONY: browser
+browser:
+	test -x /usr/bin/chromium || DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -q chromium \
+		|| { DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 update -q \
+		     && DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -q chromium; }
+
 # 1,000,000 short rows through `sentiment-score`, RSS sampled at ~20% and ~90% (into benchmarks/cli_results.json).
 .PHONY: bench-memory
 bench-memory: venv

@@ -1,7 +1,7 @@
 """The diagnostics page (service/static/) in a real headless browser against a real uvicorn server on localhost.
 
-Uses Debian's chromium (/usr/bin/chromium, installed with apt-get on first use when missing) through the playwright
-Python package (dev extra); no browser is ever downloaded. Every request the page makes must stay on localhost.
+Uses Debian's chromium (/usr/bin/chromium, installed by `make browser`) through the playwright Python package (dev
+extra); no browser is ever downloaded. Every request the page makes must stay on localhost.
 A screenshot of the analysed review goes to test-artifacts/page.png.
 
 The README's screenshot is taken the same way against a running service (use the shipped model):
@@ -14,11 +14,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import shutil
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -42,35 +39,17 @@ GRU_UNI = "gru-uni-meanmax-1"  # unidirectional: exact running score and contrib
 SHORT = "A wonderful film. The plot was dreadful, not bad."  # under every test model's token limit
 
 
-def _install_chromium() -> str | None:
-    """None once /usr/bin/chromium exists (apt-get installs it when we are root), else why it cannot."""
-    if Path(CHROMIUM).exists():
-        return None
-    if shutil.which("apt-get") is None or os.geteuid() != 0:
-        return f"{CHROMIUM} is missing and cannot be installed here (needs apt-get as root)"
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = ["apt-get", "install", "-y", "-q", "chromium"]
-    reason = "apt-get did not install it"
-    for steps in ([install], [["apt-get", "update", "-q"], install]):  # refresh the package lists only if needed
-        try:
-            for cmd in steps:
-                subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=900)
-        except subprocess.CalledProcessError as exc:
-            reason = f"`{' '.join(exc.cmd)}` failed: {exc.stderr.decode(errors='replace')[-300:]}"
-        except subprocess.TimeoutExpired as exc:
-            reason = f"`{' '.join(exc.cmd)}` took over {exc.timeout} s"
-        if Path(CHROMIUM).exists():
-            return None
-    return f"{CHROMIUM} is missing and could not be installed ({reason})"
-
-
 @pytest.fixture(scope="session")
 def chromium():
-    """A headless chromium driven by playwright (module-independent, shared by the session)."""
-    playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[dev]')")
-    reason = _install_chromium()
-    if reason:
-        pytest.skip(reason)
+    """A headless chromium driven by playwright (module-independent, shared by the session). The browser is set up
+    by `make browser` (which .ci/run calls before `make test`), never by a test: an apt run inside a fixture can
+    collide with another apt run. Missing, the page tests fail saying so; they do not skip silently."""
+    try:
+        from playwright import sync_api as playwright_api
+    except ImportError:
+        pytest.fail("playwright is not installed: pip install -e '.[dev]'", pytrace=False)
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: run `make browser` (installs Debian's chromium with apt-get)", pytrace=False)
     with playwright_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         yield browser
