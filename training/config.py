@@ -74,6 +74,9 @@ class TrainConfig:
     # Sentence crops (1-3 consecutive sentences of a training review, with its label) added each epoch: teaches the
     # recurrent part short texts ("Not bad at all!") that whole reviews rarely isolate. Share of reviews cropped.
     crop_share: float = 0.5
+    # Counterfactual negation pairs per epoch (and half as many "A, but B" contrasts), built from training sentences
+    # (training/augment.py): review labels alone teach that "not bad" is negative. 0 = off.
+    augment: int = 6000
     # NBSVM fit of the n-gram branch: inverse L2 strength of the logistic regression (sklearn's C)
     negation_window: int = 3  # tokens after a negator whose unigram becomes "NOT_word" (0: off)
     ngram_c: float = 0.03  # grouped validation, counts features: C=0.03 gave 0.9128 alone

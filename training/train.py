@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from service.contract import TRUNCATIONS
 from service.tokenization import TextTokenizer
+from training.augment import augmentation
 from training.calibration import expected_calibration_error, fit_temperature
 from training.config import ModelConfig, TrainConfig
 from training.data import DataError, grouped_split, load_labeled, load_unlabeled
@@ -157,7 +158,7 @@ def evaluate(model, ids, labels) -> dict:
 
 # A resumed run keeps its checkpoint's settings except how long to train (`--resume --epochs 10` extends a run) and
 # the n-gram fit, which happens after the network trains.
-RESUME_OVERRIDES = ("epochs", "patience", "time_budget_min", "ngram_c", "negation_window")
+RESUME_OVERRIDES = ("epochs", "patience", "time_budget_min", "ngram_c", "negation_window", "augment")
 
 
 def train(cfg: TrainConfig, resume: bool = False) -> dict:
@@ -199,7 +200,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         model.train()
         start, seen, loss_sum, correct, grad_norms = time.time(), 0, 0.0, 0, []
         crop_ids, crop_y = sentence_crops(train_ids, train_y, enders, cfg.crop_share, cfg.seed + epoch)
-        epoch_ids, epoch_y = list(train_ids) + crop_ids, list(train_y) + crop_y
+        aug_ids, aug_y = augmentation(train_ids, train_y, vocab, cfg.augment, cfg.seed + epoch)
+        epoch_ids, epoch_y = list(train_ids) + crop_ids + aug_ids, list(train_y) + crop_y + aug_y
         steps = math.ceil(len(epoch_ids) / cfg.batch_size)
         # Not a terminal (a background run): a line every 30 s in the log instead of a bar.
         bar = tqdm(batches(epoch_ids, epoch_y, cfg.batch_size, cfg.seed + epoch), total=steps, desc=f"epoch {epoch}",

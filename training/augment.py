@@ -1,0 +1,119 @@
+"""Training examples built from IMDB itself for what whole reviews teach poorly: negation and contrast.
+
+Review-level labels cannot teach phrase-level negation: in the training split "not bad" sits in more negative
+reviews (84) than positive ones (58), because reviews say "the acting was not bad, but...". So the recurrent network
+learns that "Not bad at all!" is negative. Two kinds of counterfactual examples (in the spirit of Kaushik et al.
+2020, "Learning the difference that makes a difference") fix the phrase-level reading without new data:
+
+- negation: a one-sentence crop whose only strongly polar word (by naive-Bayes log-count ratio on the training
+  split) agrees with its review's label keeps that label; the same crop with "not" / "never" inserted before the word
+  gets the opposite label ("The acting was bad." -> "The acting was not bad." positive).
+- contrast: two such crops of opposite polarity joined by ", but" take the second one's label ("The plot is dull,
+  but the cast is wonderful." -> positive), the discourse role of "but".
+Everything works on token ids of the training split only.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from training.ngrams import NEGATORS
+
+
+def predicative_words(ids: list[np.ndarray], cues: list[int], vocab_size: int, min_count: int = 20) -> np.ndarray:
+    """[vocab] bool: words seen at least `min_count` times right after a cue ("is", "was", "very", ...), i.e. words
+    that read naturally after an inserted "not" ("was not boring", not "a not waste")."""
+    counts = np.zeros(vocab_size, np.int64)
+    cue = np.zeros(vocab_size, bool)
+    cue[cues] = True
+    for row in ids:
+        if len(row) > 1:
+            np.add.at(counts, row[1:][cue[row[:-1]]], 1)
+    return counts >= min_count
+
+
+def polar_lexicon(ids: list[np.ndarray], labels: list[int], vocab_size: int, min_docs: int = 100,
+                  top: int = 150, predicative: np.ndarray | None = None) -> dict[int, int]:
+    """The `top` most positive and most negative words (document frequency >= min_docs) by NB log-count ratio."""
+    pos, neg = np.ones(vocab_size), np.ones(vocab_size)
+    for row, label in zip(ids, labels):
+        (pos if label == 1 else neg)[np.unique(row)] += 1
+    ratio = np.log(pos / pos.sum()) - np.log(neg / neg.sum())
+    ratio[(pos + neg) < min_docs] = 0.0
+    ratio[:2] = 0.0  # [PAD], [UNK]
+    if predicative is not None:  # "not" goes before the word, so keep words that follow "is", "very", ...
+        ratio[~predicative] = 0.0
+    order = np.argsort(ratio)
+    return {int(i): -1 for i in order[:top] if ratio[i] < 0} | {int(i): 1 for i in order[::-1][:top] if ratio[i] > 0}
+
+
+def _sentences(row: np.ndarray, enders: np.ndarray, max_tokens: int) -> list[np.ndarray]:
+    ends = np.flatnonzero(np.isin(row, enders)) + 1
+    bounds = np.concatenate([[0], ends])
+    return [row[a:b] for a, b in zip(bounds[:-1], bounds[1:]) if 4 <= b - a <= max_tokens]
+
+
+def polar_sentences(ids: list[np.ndarray], labels: list[int], lexicon: dict[int, int], enders: np.ndarray,
+                    negators: set[int], cues: set[int], rng: np.random.Generator, limit: int,
+                    max_tokens: int = 20) -> list[tuple[np.ndarray, int, int]]:
+    """(sentence, position of its one polar word, polarity) from reviews whose label agrees with the word."""
+    out: list[tuple[np.ndarray, int, int]] = []
+    for i in rng.permutation(len(ids)):
+        for sent in _sentences(ids[i], enders, max_tokens):
+            hits = [(p, lexicon[int(t)]) for p, t in enumerate(sent) if int(t) in lexicon]
+            if len(hits) != 1:
+                continue
+            pos, polarity = hits[0]
+            # the word right after a cue ("was dull"), so the inserted negator reads naturally ("was not dull")
+            if pos == 0 or int(sent[pos - 1]) not in cues or (polarity == 1) != (labels[i] == 1) \
+                    or any(int(t) in negators for t in sent[max(0, pos - 3):pos]):
+                continue
+            out.append((sent, pos, polarity))
+            if len(out) >= limit:
+                return out
+    return out
+
+
+def negation_examples(sentences, insert_ids: list[int], rng: np.random.Generator) -> tuple[list, list]:
+    """Each sentence with its label, and its negated counterfactual with the opposite label."""
+    xs, ys = [], []
+    for sent, pos, polarity in sentences:
+        negated = np.concatenate([sent[:pos], [insert_ids[int(rng.integers(len(insert_ids)))]], sent[pos:]])
+        xs += [sent, negated.astype(np.int64)]
+        ys += [int(polarity == 1), int(polarity != 1)]
+    return xs, ys
+
+
+def contrast_examples(sentences, comma: int, but: int, rng: np.random.Generator, n: int) -> tuple[list, list]:
+    """"A, but B" from sentences of opposite polarity: B's label. The first sentence's final punctuation goes."""
+    by_sign = {1: [s for s in sentences if s[2] == 1], -1: [s for s in sentences if s[2] == -1]}
+    xs, ys = [], []
+    if not by_sign[1] or not by_sign[-1]:
+        return xs, ys
+    for _ in range(n):
+        second = 1 if rng.random() < 0.5 else -1
+        a = by_sign[-second][int(rng.integers(len(by_sign[-second])))][0]
+        b = by_sign[second][int(rng.integers(len(by_sign[second])))][0]
+        xs.append(np.concatenate([a[:-1], [comma, but], b]).astype(np.int64))
+        ys.append(int(second == 1))
+    return xs, ys
+
+
+def augmentation(train_ids: list[np.ndarray], train_y: list[int], vocab: dict[str, int], count: int,
+                 seed: int) -> tuple[list[np.ndarray], list[int]]:
+    """About `count` negation pairs' worth of examples plus count // 2 contrast examples for one epoch."""
+    if count <= 0:
+        return [], []
+    rng = np.random.default_rng(seed)
+    cues = [vocab[w] for w in ("is", "was", "are", "were", "be", "very", "so", "too", "quite", "really") if w in vocab]
+    # words only: no punctuation or numbers, and no negators ("has not nothing")
+    wordlike = np.zeros(len(vocab), bool)
+    wordlike[[i for w, i in vocab.items() if w.isalpha() and w not in NEGATORS]] = True
+    lexicon = polar_lexicon(train_ids, train_y, len(vocab),
+                            predicative=predicative_words(train_ids, cues, len(vocab)) & wordlike)
+    enders = np.array([vocab[p] for p in (".", "!", "?") if p in vocab], dtype=np.int64)
+    negators = {vocab[w] for w in ("not", "never", "no", "n't") if w in vocab}
+    sentences = polar_sentences(train_ids, train_y, lexicon, enders, negators, set(cues), rng, limit=count)
+    xs, ys = negation_examples(sentences, [vocab[w] for w in ("not", "not", "never") if w in vocab], rng)
+    cx, cy = contrast_examples(sentences, vocab[","], vocab["but"], rng, count // 2)
+    return xs + cx, ys + cy
