@@ -35,6 +35,11 @@ class ModelConfig:
     negation_ids: tuple[int, ...] = ()
     scope_break_ids: tuple[int, ...] = ()
 
+    def __post_init__(self) -> None:
+        # A manifest round-trip through JSON gives lists; the config compares and pickles as tuples.
+        self.negation_ids = tuple(int(i) for i in self.negation_ids)
+        self.scope_break_ids = tuple(int(i) for i in self.scope_break_ids)
+
     @property
     def ngram_table_size(self) -> int:
         # unigrams by id (+1 for the begin-of-text id), then one hashed block per order >= 2
