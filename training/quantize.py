@@ -44,7 +44,7 @@ class QuantizeError(RuntimeError):
     """The artifact cannot be quantized as asked (bad input, existing output, inconsistent graphs)."""
 
 
-def quantize_graph(path: Path, out: Path, per_channel: bool) -> onnx.ModelProto:
+def quantize_graph(path: Path, out: Path, per_channel: bool, op_types: tuple[str, ...] = OP_TYPES) -> onnx.ModelProto:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     model = onnx.load(str(path))  # pulls the external weights.bin in beside it
@@ -53,7 +53,7 @@ def quantize_graph(path: Path, out: Path, per_channel: bool) -> onnx.ModelProto:
     logging.disable(logging.WARNING)
     try:
         # Symmetric int8 weights (zero point 0); the default today, spelled out so that a new default cannot slip in.
-        quantize_dynamic(model, str(out), op_types_to_quantize=list(OP_TYPES), per_channel=per_channel,
+        quantize_dynamic(model, str(out), op_types_to_quantize=list(op_types), per_channel=per_channel,
                          weight_type=QuantType.QInt8, extra_options={"WeightSymmetric": True})
     finally:
         logging.disable(logging.NOTSET)
@@ -71,11 +71,14 @@ def check_shared(graphs: dict[str, onnx.ModelProto]) -> None:
 
 
 def quantize_artifact(model_dir: str | Path, out: str | Path, name: str | None = None, per_channel: bool = True,
-                      force: bool = False) -> dict:
+                      force: bool = False, op_types: tuple[str, ...] = OP_TYPES) -> dict:
     """Write the int8 artifact directory `out` from the verified fp32 artifact `model_dir`; returns its manifest."""
     import onnxruntime
 
     src, out = Path(model_dir), Path(out)
+    unknown = set(op_types) - set(OP_TYPES)
+    if unknown or not op_types:
+        raise QuantizeError(f"op types {sorted(unknown) or '(none)'}: choose from {', '.join(OP_TYPES)}")
     manifest = load_manifest(src)
     if out.resolve() == src.resolve():
         raise QuantizeError(f"{out}: the output must not be the source artifact")
@@ -84,7 +87,7 @@ def quantize_artifact(model_dir: str | Path, out: str | Path, name: str | None =
             raise QuantizeError(f"{out}: exists and is not empty (pass --force to replace it)")
         shutil.rmtree(out)
     with tempfile.TemporaryDirectory(prefix="quantize-") as tmp:
-        graphs = {f: quantize_graph(src / f, Path(tmp) / f, per_channel) for f in GRAPHS}
+        graphs = {f: quantize_graph(src / f, Path(tmp) / f, per_channel, tuple(op_types)) for f in GRAPHS}
     check_shared(graphs)
     out.mkdir(parents=True, exist_ok=True)
     externalize(graphs, out / "weights.bin")
@@ -100,10 +103,12 @@ def quantize_artifact(model_dir: str | Path, out: str | Path, name: str | None =
     new["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     new["quantization"] = {
         "method": "onnxruntime.quantization.quantize_dynamic", "onnxruntime": onnxruntime.__version__,
-        "weights": "int8 symmetric" + (", per output channel" if per_channel else ", per tensor"),
+        "weights": "recurrent W and R: int8 symmetric" + (", per output channel" if per_channel else ", per tensor")
+                   + "; embedding table: 8-bit (uint8, zero point)",
         "activations": "uint8, scale computed per call",
-        "op_types": list(OP_TYPES), "recurrent_cell": "int8 (DynamicQuantizeLSTM)" if quantized_cell
-        else f"fp32 ({cell}: onnxruntime has no dynamic int8 kernel for it)",
+        "op_types": list(op_types), "recurrent_cell": "int8 (DynamicQuantizeLSTM)" if quantized_cell
+        else f"fp32 ({cell}: " + ("not asked for)" if cell == "lstm" and "LSTM" not in op_types
+                                  else "onnxruntime has no dynamic int8 kernel for it)"),
         "source": {"name": manifest["name"], "version": manifest["version"],
                    "model.onnx": manifest["files"]["model.onnx"]["sha256"],
                    "weights.bin": manifest["files"].get("weights.bin", {}).get("sha256")},
@@ -117,7 +122,7 @@ def quantize_artifact(model_dir: str | Path, out: str | Path, name: str | None =
     (out / "MODEL_CARD.md").write_text(
         card.rstrip() + f"\n\n## int8 variant `{new['name']}`\n\nMade by `python -m training.quantize` from "
         f"`{manifest['name']}` {manifest['version']}: {new['quantization']['weights']} weights for "
-        f"{', '.join(OP_TYPES)} ({new['quantization']['recurrent_cell']}). The metrics above are the fp32 model's; "
+        f"{', '.join(op_types)} ({new['quantization']['recurrent_cell']}). The metrics above are the fp32 model's; "
         "measure this variant with `--evaluate`.\n", encoding="utf-8")
     new["files"] = {p.name: {"sha256": sha256_of(p), "bytes": p.stat().st_size}
                     for p in sorted(out.iterdir()) if p.is_file() and p.name != "manifest.json"}
@@ -187,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--name", help="model name (default: the source's name + '-int8')")
     p.add_argument("--per-tensor", action="store_true", help="one scale per weight tensor instead of per channel")
     p.add_argument("--force", action="store_true", help="replace a non-empty --out")
+    p.add_argument("--op-types", default=",".join(OP_TYPES), help="ops to quantize (default: %(default)s)")
     p.add_argument("--evaluate", action="store_true", help="compare accuracy, speed and size with the source")
     p.add_argument("--data", default="../shared/data/aclImdb_train.tar.gz", help="labelled data for --evaluate")
     p.add_argument("--limit", type=int, default=0, help="evaluate on the first N validation reviews (default: all)")
@@ -196,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         manifest = quantize_artifact(args.model_dir, args.out, args.name, per_channel=not args.per_tensor,
-                                     force=args.force)
+                                     force=args.force, op_types=tuple(t.strip() for t in args.op_types.split(",") if t.strip()))
     except (ArtifactError, QuantizeError, OSError) as exc:
         print(f"quantize: error: {exc}", file=sys.stderr)
         return 2

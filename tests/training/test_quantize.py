@@ -132,3 +132,15 @@ def test_cli_writes_and_evaluates(tiny_artifact, imdb_tarball, tmp_path, capsys)
     assert 0 <= report["int8"]["accuracy"] <= 1 and 0 <= report["label_agreement"] <= 1
     assert report["accuracy_change_points"] == pytest.approx(
         (report["int8"]["accuracy"] - report["fp32"]["accuracy"]) * 100)
+
+
+def test_op_types_choose_what_is_quantized(tiny_artifact, tmp_path, capsys):
+    manifest = quantize_artifact(tiny_artifact, tmp_path / "lstm-only", op_types=("LSTM",))
+    found = ops(tmp_path / "lstm-only" / "model.onnx")
+    assert found["DynamicQuantizeLSTM"] == 1 and "DequantizeLinear" not in found  # embedding left fp32
+    assert manifest["quantization"]["op_types"] == ["LSTM"]
+    manifest = quantize_artifact(tiny_artifact, tmp_path / "gather-only", op_types=("Gather",))
+    assert ops(tmp_path / "gather-only" / "model.onnx")["LSTM"] == 1
+    assert manifest["quantization"]["recurrent_cell"] == "fp32 (lstm: not asked for)"
+    assert main(["--model-dir", str(tiny_artifact), "--out", str(tmp_path / "bad"), "--op-types", "Conv"]) == 2
+    assert "choose from LSTM, Gather" in capsys.readouterr().err and not (tmp_path / "bad").exists()
