@@ -107,13 +107,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def descendants(pid: int) -> list[int]:
+    """pid and every process below it (the children of all its threads, recursively)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        for children in Path(f"/proc/{p}/task").glob("*/children"):
+            try:
+                todo += [int(c) for c in children.read_text().split()]
+            except (FileNotFoundError, ProcessLookupError):
+                pass
+    return out
+
+
 def tree_rss_mb(pid: int) -> float:
-    """Resident memory of a process and its children (several workers, when the server runs them)."""
-    pids, total = [pid], 0.0
-    children = Path(f"/proc/{pid}/task/{pid}/children")
-    if children.is_file():
-        pids += [int(p) for p in children.read_text().split()]
-    for p in pids:
+    """Resident memory of a process and all below it (several workers, when the server runs them)."""
+    total = 0.0
+    for p in descendants(pid):
         try:
             status = Path(f"/proc/{p}/status").read_text()
         except FileNotFoundError:
