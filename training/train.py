@@ -156,9 +156,9 @@ def evaluate(model, ids, labels) -> dict:
     return {"loss": F.cross_entropy(logits, y).item(), "accuracy": (logits.argmax(1) == y).float().mean().item()}
 
 
-# A resumed run keeps its checkpoint's settings except how long to train (`--resume --epochs 10` extends a run) and
-# the n-gram fit, which happens after the network trains.
-RESUME_OVERRIDES = ("epochs", "patience", "time_budget_min", "ngram_c", "negation_window", "augment")
+# A resumed run keeps its checkpoint's settings except how long to train (`--resume --epochs 10` extends a run), the
+# learning rate and augmentation (fine-tuning), and the n-gram fit, which happens after the network trains.
+RESUME_OVERRIDES = ("epochs", "patience", "time_budget_min", "ngram_c", "negation_window", "augment", "lr")
 
 
 def train(cfg: TrainConfig, resume: bool = False) -> dict:
@@ -187,6 +187,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     if resume and ckpt_path.exists():
         model.load_state_dict(network_state(saved["model"]), strict=False)
         opt.load_state_dict(saved["optimizer"])
+        for group in opt.param_groups:  # a resumed run may continue at another rate (fine-tuning)
+            group["lr"] = cfg.lr
         state = saved["state"]
         torch.set_rng_state(saved["torch_rng"])
         log.info("resumed after epoch %d", state["epoch"])
