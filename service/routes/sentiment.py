@@ -119,7 +119,7 @@ async def _unless_gone(request: Request, work):
 
 async def _score(request: Request, state: ServiceState, rt: ModelRuntime, encoded: list[Encoded]) -> np.ndarray:
     try:
-        return await _unless_gone(request, state.batchers[rt.name].submit(encoded))
+        return await _unless_gone(request, state.batcher_for(rt).submit(encoded))
     except QueueFull as exc:
         raise ApiError(503, "overloaded", f"too many texts waiting ({exc}); retry shortly", state.retry_after()) from exc
     except BatcherStopped as exc:
