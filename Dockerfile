@@ -95,6 +95,8 @@ EXPOSE 8000
 # Readiness runs a real inference. Python's stdlib, not curl: the image has no curl.
 HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
   CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen(os.environ.get('HEALTHCHECK_URL', 'http://127.0.0.1:8000/readyz'), timeout=4)"]
-# Exec form: uvicorn is PID 1 and gets SIGTERM directly; it stops accepting, finishes in-flight requests and exits 0.
+# Exec form: sentiment-serve is PID 1 and gets SIGTERM directly; every worker stops accepting, finishes in-flight
+# requests and exits, then it exits 0. Workers: one per CPU the container may use (its cgroup quota, e.g.
+# `docker run --cpus 2`), or SENTIMENT_WORKERS; /tmp (a tmpfs when the root is read-only) holds their metrics files.
 STOPSIGNAL SIGTERM
 CMD ["sentiment-serve", "--host", "0.0.0.0", "--port", "8000"]

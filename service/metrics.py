@@ -4,18 +4,36 @@ Each app gets its own `CollectorRegistry`, so several apps (tests, benchmarks) n
 Routes are labelled by their path template, never the raw path, so a scan of random URLs cannot explode the label
 set. Two drift signals watch the inputs and outputs: the score distribution and the share of unknown tokens per
 request (a rising share means the traffic's vocabulary moved away from the training data).
+
+With several workers (service/workers.py) PROMETHEUS_MULTIPROC_DIR is set before prometheus-client is imported, so
+every value is written to a per-process file and /metrics collects all workers' files: counters and histograms are
+summed, the queue depth is the live workers' sum and a model is listed while any live worker serves it.
 """
 
 from __future__ import annotations
 
+import os
 import time
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 WAIT_BUCKETS = (0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 SHARE_BUCKETS = tuple(i / 10 for i in range(1, 11))
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+class _InfoGauge(Gauge):
+    def remove(self, *labelvalues) -> None:
+        # In multiprocess mode the value lives on in this process's file after remove(): zero it first, so a model
+        # version this worker no longer serves stops counting (the gauge is a max over live workers).
+        if multiprocess_dir():
+            self.labels(*labelvalues).set(0)
+        super().remove(*labelvalues)
 
 
 class Metrics:
@@ -30,21 +48,27 @@ class Metrics:
                                    ["model", "provider"], buckets=LATENCY_BUCKETS, registry=r)
         self.queue_wait = Histogram("sentiment_queue_wait_seconds", "time a text waited before its onnxruntime call",
                                     ["model"], buckets=WAIT_BUCKETS, registry=r)
-        self.queue_depth = Gauge("sentiment_queue_depth", "texts waiting for the model", ["model"], registry=r)
+        self.queue_depth = Gauge("sentiment_queue_depth", "texts waiting for the model", ["model"], registry=r,
+                                 multiprocess_mode="livesum")
         self.tokens = Counter("sentiment_tokens_scored_total", "tokens scored", ["model", "provider"], registry=r)
         self.score = Histogram("sentiment_score", "P(positive) per scored text (drift signal)", ["model"],
                                buckets=SHARE_BUCKETS, registry=r)
         self.unknown_share = Histogram("sentiment_unknown_token_share", "share of [UNK] tokens per text (drift signal)",
                                        ["model"], buckets=(0.0, 0.01, 0.02, 0.05) + SHARE_BUCKETS, registry=r)
-        self.model_info = Gauge("sentiment_model_info", "loaded models and the execution provider they run on",
-                                ["model", "version", "provider"], registry=r)
+        self.model_info = _InfoGauge("sentiment_model_info", "loaded models and the execution provider they run on",
+                                     ["model", "version", "provider"], registry=r, multiprocess_mode="livemax")
 
     def observe_text(self, model: str, score: float, unknown_share: float) -> None:
         self.score.labels(model).observe(score)
         self.unknown_share.labels(model).observe(unknown_share)
 
     def render(self) -> tuple[bytes, str]:
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        path = multiprocess_dir()
+        if path is None:
+            return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        merged = CollectorRegistry()  # every worker's files, this one's included (its registry holds no values)
+        multiprocess.MultiProcessCollector(merged, path=path)
+        return generate_latest(merged), CONTENT_TYPE_LATEST
 
 
 class MetricsMiddleware:

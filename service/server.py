@@ -1,11 +1,20 @@
 """`sentiment-serve`: run the HTTP service with uvicorn.
 
-    sentiment-serve [--host 127.0.0.1] [--port 8000] [--model-dir DIR]
+    sentiment-serve [--host 127.0.0.1] [--port 8000] [--model-dir DIR] [--workers N]
 
 Every other setting comes from `SENTIMENT_*` environment variables (service/settings.py). The models are loaded and
 verified before uvicorn starts, so a missing, corrupt or mismatched artifact ends the command with one line naming
 the file and exit status 2, before any port is opened. SIGINT/SIGTERM stop it gracefully: uvicorn stops accepting,
 lets in-flight requests finish (up to --graceful-timeout seconds), then the lifespan stops the batchers.
+
+--workers N (or SENTIMENT_WORKERS; default: one per usable core) runs N processes behind the one port, each with its
+own models and micro-batcher; service/workers.py supervises them (drain on SIGTERM, replace a crashed worker).
+
+Exit status:
+  0  stopped by SIGTERM/SIGINT after draining
+  1  the server started but could not run (a worker failed during start-up, or did not stop cleanly)
+  2  invalid settings or model artifacts (one line names the variable or the file)
+  3  cannot listen on --host/--port (address already in use, no permission)
 """
 
 from __future__ import annotations
@@ -25,10 +34,15 @@ from service.http_limits import uvicorn_config
 from service.registry import ModelRegistry
 from service.runtime import ProviderError
 from service.settings import Settings
+from service.workers import Supervisor, WorkerOptions, bind_socket, usable_cores
 
 
 def _settings_error(exc: ValidationError) -> str:
-    return "; ".join(f"SENTIMENT_{'_'.join(map(str, e['loc'])).upper() or 'SETTINGS'}: {e['msg']}" for e in exc.errors())
+    # A field's error names its variable; a check across fields (no loc) names the variables in its message.
+    def one(e) -> str:
+        msg = e["msg"].removeprefix("Value error, ")
+        return f"SENTIMENT_{'_'.join(map(str, e['loc'])).upper()}: {msg}" if e["loc"] else msg
+    return "; ".join(one(e) for e in exc.errors())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,10 +58,13 @@ def main(argv: list[str] | None = None) -> int:
                                             "else exported/)")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     parser.add_argument("--graceful-timeout", type=float, default=10.0, help="seconds in-flight requests get on stop")
+    parser.add_argument("--workers", type=int, help="processes behind the port (default: SENTIMENT_WORKERS, else one "
+                                                    f"per usable core: {usable_cores()} here)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    overrides = {k: v for k, v in (("model_root", args.model_dir), ("workers", args.workers)) if v is not None}
     try:
-        settings = Settings(**({"model_root": args.model_dir} if args.model_dir else {}))
+        settings = Settings(**overrides)
         registry = ModelRegistry.load(settings)
     except ValidationError as exc:
         print(f"sentiment-serve: error: invalid settings: {_settings_error(exc)}", file=sys.stderr)
@@ -55,16 +72,34 @@ def main(argv: list[str] | None = None) -> int:
     except (ArtifactError, ProviderError) as exc:
         print(f"sentiment-serve: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
+    # Bound here, before any lifespan runs, so a busy port is one line and exit 3, never a "ready" log first.
+    try:
+        sock = bind_socket(args.host, args.port)
+    except OSError as exc:
+        print(f"sentiment-serve: error: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}",
+              file=sys.stderr)
+        return 3
+    workers = settings.workers or usable_cores()
+    if workers > 1:
+        del registry  # each worker loads its own; this copy only proved the artifacts good
+        if settings.intra_op_threads == 0:  # "every core" per process would make N processes fight over them
+            os.environ["SENTIMENT_INTRA_OP_THREADS"] = str(max(1, usable_cores() // workers))
+        options = WorkerOptions({**overrides, "workers": workers}, args.log_level, args.graceful_timeout, workers)
+        return Supervisor(sock, options).run()
     app = create_app(settings, registry)
-    config = uvicorn_config(app, settings, host=args.host, port=args.port, log_level=args.log_level, lifespan="on",
+    config = uvicorn_config(app, settings, log_level=args.log_level, lifespan="on",
                             timeout_graceful_shutdown=args.graceful_timeout, access_log=False)
     server = uvicorn.Server(config)
     # uvicorn re-raises the stop signal once it has shut down gracefully; with the default handlers in place that
     # would kill the process (status -15, or a KeyboardInterrupt traceback). A clean stop should exit 0.
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: None)
-    server.run()
-    # uvicorn returns normally when it could not bind or the lifespan failed; that is a failed start.
+    try:
+        server.run(sockets=[sock])
+    except SystemExit:  # uvicorn's own exit when the lifespan failed (its status 3 would read as "cannot listen")
+        return 1
+    finally:
+        sock.close()
     return 0 if server.started else 1
 
 

@@ -30,6 +30,9 @@ class Settings(BaseSettings):
     # event loop (HTTP parsing, tokenizing) needs a core of its own. 0 lets onnxruntime use every core.
     intra_op_threads: int = Field(1, ge=0, description="onnxruntime threads per operator (0: one per core)")
     inter_op_threads: int = Field(1, ge=0)
+    # Processes behind the one port (service/workers.py); each has its own sessions and batchers. None: one per
+    # usable core (affinity and cgroup quota), since one Python process caps at about one core of HTTP work.
+    workers: int | None = Field(None, ge=1, le=64, description="worker processes (default: one per usable core)")
     max_text_chars: int = Field(20_000, gt=0, description="longer texts get 413 (tokens past the model's max are "
                                                             "truncated, this only bounds the work per request)")
     max_batch_items: int = Field(64, gt=0, description="items per batch request, and per micro-batched onnxruntime call")
@@ -64,15 +67,23 @@ class Settings(BaseSettings):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
-    @model_validator(mode="after")
-    def _check_keys(self):
-        if any(len(key) < 8 for key in self.api_keys):
-            raise ValueError("api_keys: every key needs at least 8 characters")
-        return self
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _empty_is_default(cls, value):
+        return None if isinstance(value, str) and not value.strip() else value  # compose's SENTIMENT_WORKERS=""
+
+    @field_validator("api_keys")
+    @classmethod
+    def _check_keys(cls, keys: list[str]) -> list[str]:
+        # A field validator, so the error names SENTIMENT_API_KEYS (a model validator's error has no field).
+        if any(len(key) < 8 for key in keys):
+            raise ValueError("every key needs at least 8 characters")
+        return keys
 
     @model_validator(mode="after")
     def _check_body_budget(self):
         if self.max_buffered_body_bytes < self.max_body_bytes:
-            raise ValueError(f"max_buffered_body_bytes ({self.max_buffered_body_bytes}) is below max_body_bytes "
-                             f"({self.max_body_bytes}): a body at the limit could never be accepted")
+            raise ValueError(f"SENTIMENT_MAX_BUFFERED_BODY_BYTES ({self.max_buffered_body_bytes}) is below "
+                             f"SENTIMENT_MAX_BODY_BYTES ({self.max_body_bytes}): a body at the limit could never be "
+                             f"accepted")
         return self

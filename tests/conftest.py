@@ -16,6 +16,7 @@ Fixtures for other test packages:
 
 from __future__ import annotations
 
+import os
 import random
 import sys
 import tarfile
@@ -24,6 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+# sentiment-serve runs one process per core by default; tests start it as one process (slow_serve.py patches the
+# model in that process) unless they ask for more (tests/service/test_workers.py).
+os.environ.setdefault("SENTIMENT_WORKERS", "1")
 
 POSITIVE_WORDS = ["great", "wonderful", "loved", "excellent", "brilliant", "superb", "enjoyable", "beautiful"]
 NEGATIVE_WORDS = ["awful", "boring", "hated", "terrible", "dull", "waste", "worst", "stupid"]

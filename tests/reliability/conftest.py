@@ -4,12 +4,15 @@
     make_settings  Settings over `model_root`, one onnxruntime thread, overridable
     live_server    context manager: the real app under a real uvicorn server on a loopback port, in a thread of this
                    process (so tests can reach into `server.state` and monkeypatch the runtime); stops on exit
-    serve_process  context manager: `sentiment-serve` as a subprocess on a free loopback port, ready when it yields
+    serve_process  context manager: `sentiment-serve` as a subprocess on a free loopback port, ready when it yields;
+                   RELIABILITY_SERVE_ARGS (e.g. "--workers 2") adds arguments to every one, so the subprocess
+                   tests run against several workers: RELIABILITY_SERVE_ARGS="--workers 2" pytest tests/reliability
 """
 
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -128,7 +131,8 @@ def serve_process(model_root):
     def run(*args: str, env: dict | None = None, command: list[str] | None = None):
         port = free_port()
         argv = (command or [sys.executable, "-m", "service.server"]) + [
-            "--host", "127.0.0.1", "--port", str(port), "--model-dir", str(model_root), "--log-level", "warning", *args]
+            "--host", "127.0.0.1", "--port", str(port), "--model-dir", str(model_root), "--log-level", "warning",
+            *shlex.split(os.environ.get("RELIABILITY_SERVE_ARGS", "")), *args]
         proc = subprocess.Popen(argv, cwd=REPO, env={**os.environ, "SENTIMENT_INTRA_OP_THREADS": "1", **(env or {})},
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         url = f"http://127.0.0.1:{port}"
