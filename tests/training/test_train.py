@@ -115,6 +115,35 @@ def test_time_budget_stops_after_the_epoch_that_crosses_it(imdb_fixture_dir, tin
     assert metrics["epochs_run"] == 1
 
 
+def test_an_ngram_run_picks_epochs_by_the_whole_model_and_exports_exact_diagnostics(imdb_fixture_dir,
+                                                                                    tiny_config_factory, tmp_path):
+    """Unidirectional network + NBSVM branch: the mix is fitted, each epoch is judged with the branch, and the
+    export's scores equal the torch model's."""
+    import onnxruntime as ort
+
+    from training.export import export_model, load_run
+
+    config, _ = tiny_config_factory
+    cfg = config(imdb_fixture_dir, tmp_path / "ngram", model={"bidirectional": False, "ngram_buckets": 101},
+                 ngram_c=1.0, epochs=2)
+    metrics = train(cfg)
+    history = metrics["history"]
+    assert all("val_accuracy_rnn" in row for row in history)
+    assert metrics["val_accuracy"] == pytest.approx(max(row["val_accuracy"] for row in history), abs=1e-6)
+    assert len(metrics["mix"]) == 3 and metrics["temperature"] == 1.0
+    model, saved = load_run(tmp_path / "ngram")
+    assert model.ngram.weight.abs().sum() > 0  # the fitted branch is saved
+    out = export_model(model, saved["tokenizer_json"], tmp_path / "art", name="ng", version="0", train_cfg=saved[
+        "train_config"], metrics=metrics, temperature=1.0)
+    assert out["diagnostics"]["running_score"] == "exact"
+    ids = torch.tensor([[5, 9, 2, 7, 3]])
+    session = ort.InferenceSession(str(tmp_path / "art" / "model.onnx"))
+    got = session.run(["probabilities"], {"input_ids": ids.numpy(), "lengths": [5]})[0]
+    with torch.no_grad():
+        expected = model(ids, torch.tensor([5])).softmax(1).numpy()
+    assert abs(got - expected).max() < 1e-5
+
+
 # --- calibration ------------------------------------------------------------------------------------------------
 
 def _synthetic(true_temperature: float, n: int = 20000, seed: int = 0):
