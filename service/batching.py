@@ -7,6 +7,10 @@ and a padded-token budget (items x longest). A call also ends where lengths jump
 nor is padded to, a long one. Calls run in a single background thread, off the event loop; results go back in each
 job's own order.
 
+Diagnostics run here too (`diagnose`): one text per worker-thread call in the shared pool, beside the scoring
+thread, so plain scoring never waits for them, and they count as this model's work in flight (a retiring batcher
+after a hot reload is stopped only once they are done). Their admission is the scoring core's (service/scoring.py).
+
 Failure rules: a full queue is refused at once (`QueueFull`, the route answers 503 + Retry-After; a job bigger
 than the whole queue is taken when the queue is empty); an exception inside onnxruntime fails only the jobs in that
 call; a job whose request was cancelled (client gone) gives its queue slots back and is skipped.
@@ -23,8 +27,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from service.exceptions import NoTokens, NotReady, Overloaded
 from service.metrics import Metrics
-from service.runtime import ModelRuntime, NoTokensError
+from service.runtime import ModelRuntime
 from service.tokenization import Encoded
 
 log = logging.getLogger("sentiment.batching")
@@ -34,12 +39,12 @@ log = logging.getLogger("sentiment.batching")
 LENGTH_RATIO, LENGTH_SLACK = 2.0, 16
 
 
-class QueueFull(RuntimeError):
+class QueueFull(Overloaded):
     """More texts waiting than the queue holds."""
 
 
-class BatcherStopped(RuntimeError):
-    """The service is shutting down."""
+class BatcherStopped(NotReady):
+    """The service is shutting down (or this model's version was replaced)."""
 
 
 # eq=False: jobs are compared by identity. The generated __eq__ would compare token-id arrays, which raises for
@@ -91,6 +96,7 @@ class MicroBatcher:
         self.metrics = metrics
         self._jobs: deque[_Job] = deque()
         self._active: list[_Job] = []  # taken by the worker, not yet answered
+        self._diagnosing = 0  # texts in a diagnostics call right now
         self._last_window = 0  # jobs in the previous window
         self._waiting = 0  # texts in `_jobs`
         self._wakeup = asyncio.Event()
@@ -104,9 +110,15 @@ class MicroBatcher:
         return self._waiting
 
     @property
+    def in_flight(self) -> int:
+        """Texts taken by the worker and not yet answered, plus texts in a diagnostics call."""
+        return sum(job.size for job in self._active) + self._diagnosing
+
+    @property
     def busy(self) -> bool:
-        """Jobs waiting or being scored (a retiring batcher is stopped once this is False: service/reload.py)."""
-        return bool(self._jobs or self._active)
+        """Jobs waiting, being scored or in diagnostics (a retiring batcher is stopped once this is False:
+        service/reload.py)."""
+        return bool(self._jobs or self._active or self._diagnosing)
 
     @property
     def running(self) -> bool:
@@ -137,11 +149,12 @@ class MicroBatcher:
         if not encoded:
             return np.empty((0, len(self.runtime.labels)), dtype=np.float32)
         if any(e.num_tokens < 1 for e in encoded):
-            raise NoTokensError("text has no tokens after cleaning")  # would fail everyone else's call
+            raise NoTokens("text has no tokens after cleaning")  # would fail everyone else's call
         # A job bigger than the whole queue (a batch request over `queue_size` texts) gets in when nothing waits:
         # refusing it "until the queue drains" would refuse it forever.
         if self._waiting and self._waiting + len(encoded) > self.queue_size:
-            raise QueueFull(f"{self._waiting} texts are already waiting (queue size {self.queue_size})")
+            raise QueueFull(f"too many texts waiting ({self._waiting} texts are already waiting (queue size "
+                            f"{self.queue_size})); retry shortly")
         job = _Job(encoded, asyncio.get_running_loop().create_future(), remaining=len(encoded))
         if self.tracer is not None:
             job.trace = self.tracer.submitted(self.runtime, encoded)
@@ -158,6 +171,23 @@ class MicroBatcher:
             except ValueError:
                 pass
             raise
+
+    async def diagnose(self, text: str, enc: Encoded, include_hidden: bool, attribution: bool,
+                       max_hidden_values: int) -> tuple[np.ndarray, dict]:
+        """One text through the diagnostics graph, in a worker thread of the shared pool. A text already in a thread
+        cannot be interrupted: cancelling waits for it, so `in_flight` never undercounts the work really running."""
+        if not self.running:
+            raise BatcherStopped("the model worker is not running")
+        call = asyncio.get_running_loop().run_in_executor(None, self.runtime.diagnose, text, enc, include_hidden,
+                                                          attribution, max_hidden_values)
+        self._diagnosing += 1
+        try:
+            return await asyncio.shield(call)
+        except asyncio.CancelledError:
+            await asyncio.wait([call])
+            raise
+        finally:
+            self._diagnosing -= 1
 
     @staticmethod
     def _fail(jobs: list[_Job], exc: BaseException) -> None:

@@ -1,5 +1,6 @@
 """The one error shape, `{"error": {"code": str, "message": str}}`, and the handlers that make every failure use it:
-our own `ApiError`, FastAPI's validation errors (422), Starlette's HTTP errors (404/405) and, last, anything
+our own `ApiError`, the scoring core's errors (service/exceptions.py, whose HTTP statuses are decided here and only
+here: `STATUS`), FastAPI's validation errors (422), Starlette's HTTP errors (404/405) and, last, anything
 unexpected (500, logged with its traceback by `CatchAllMiddleware` and never sent to the client)."""
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from fastapi.responses import JSONResponse
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from service import exceptions as ex
 from service.auth import VERDICT, key_verdict
 from service.http_limits import BodyBudget
 
@@ -29,6 +31,24 @@ class ApiError(Exception):
     def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status, self.code, self.message, self.headers = status, code, message, headers
+
+
+# The core's errors as HTTP statuses; 503s also get Retry-After. First match wins (subclasses before their bases).
+STATUS: dict[type[ex.ServiceError], int] = {
+    ex.UnknownModel: 404, ex.NoTokens: 422, ex.TextTooLong: 413, ex.BatchTooLarge: 413, ex.TooManyTokens: 413,
+    ex.Overloaded: 503, ex.NotReady: 503, ex.ClientGone: 499,
+}
+
+
+def as_api_error(exc: ex.ServiceError, retry_after_s: int) -> ApiError:
+    status = next((s for kind, s in STATUS.items() if isinstance(exc, kind)), 500)
+    headers = {"Retry-After": str(retry_after_s)} if status == 503 else None
+    return ApiError(status, exc.code, exc.message, headers)
+
+
+def retry_after_s(request: Request) -> int:
+    state = getattr(request.app.state, "service", None)  # an app without the service state (Ray Serve's): 1 s
+    return state.settings.retry_after_s if state is not None else 1
 
 
 def error_body(code: str, message: str) -> dict:
@@ -76,6 +96,11 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
         return error_response(exc.status, exc.code, exc.message, exc.headers)
+
+    @app.exception_handler(ex.ServiceError)
+    async def _service_error(request: Request, exc: ex.ServiceError) -> JSONResponse:
+        err = as_api_error(exc, retry_after_s(request))
+        return error_response(err.status, err.code, err.message, err.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:

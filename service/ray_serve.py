@@ -115,10 +115,7 @@ class SentimentDeployment:
             scored = [(p, None) for p in probs]
         results = []
         for enc, (probs, report) in zip(encoded, scored):
-            result = {**rt.result(enc, probs), "model": {"name": rt.name, "version": rt.version}}
-            if report is not None:
-                result["diagnostics"] = report
-            results.append(result)
+            results.append(self.state.result(rt, enc, probs, report))  # the fields /v1 answers, trust included
         return results
 
     @api.post("/v1/sentiment", response_model=SentimentResponse, response_model_exclude_none=True, responses=ERRORS,

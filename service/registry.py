@@ -7,10 +7,11 @@ Loading is all or nothing: one bad artifact raises `ArtifactError` naming the fi
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
-from service.artifacts import ArtifactError, discover
+from service.artifacts import ArtifactError, discover, load_manifest
 from service.contract import DEFAULT_MODEL_NAME
-from service.errors import ApiError
+from service.exceptions import UnknownModel
 from service.runtime import ModelRuntime
 from service.settings import Settings
 
@@ -32,6 +33,26 @@ class ModelRegistry:
                                 f"({', '.join(self.runtimes)})")
         # The shipped default (exported/imdb-lstm) when present and no default is configured, else the first by name.
         self.default = default or (DEFAULT_MODEL_NAME if DEFAULT_MODEL_NAME in self.runtimes else min(self.runtimes))
+
+    @staticmethod
+    def locate(root, name: str | None = None) -> Path:
+        """The artifact directory under `root` (an artifact or a folder of them) that one model name picks, without
+        loading anything (the batch CLI loads only that one): a folder or manifest name, else the shipped default
+        when present, else the first directory. Raises `ArtifactError` when there is none, `UnknownModel` for a name
+        not found."""
+        found = discover(root)
+        names: dict[str, Path] = {}
+        for path in found:
+            names[path.name] = path
+            try:
+                names.setdefault(load_manifest(path, verify=False)["name"], path)
+            except ArtifactError:
+                pass  # loading it later reports the problem, if this is the one chosen
+        if name:
+            if name not in names:
+                raise UnknownModel(f"no model named {name!r} under {root} (found: {', '.join(sorted(names))})")
+            return names[name]
+        return names.get(DEFAULT_MODEL_NAME, found[0])
 
     @staticmethod
     def load_one(directory, settings: Settings) -> ModelRuntime:
@@ -61,8 +82,8 @@ class ModelRegistry:
         return previous
 
     def get(self, name: str | None) -> ModelRuntime:
-        """The named model (or the default); an unknown name is the client's 404."""
+        """The named model (or the default); an unknown name raises `UnknownModel` (the HTTP API's 404)."""
         rt = self.runtimes.get(name or self.default)
         if rt is None:
-            raise ApiError(404, "unknown_model", f"no model named {name!r} (available: {', '.join(self.runtimes)})")
+            raise UnknownModel(f"no model named {name!r} (available: {', '.join(self.runtimes)})")
         return rt

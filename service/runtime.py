@@ -14,6 +14,7 @@ import onnxruntime as ort
 
 from service import diagnostics
 from service.artifacts import ArtifactError, load_manifest
+from service.exceptions import NoTokens
 from service.tokenization import Encoded, TextTokenizer, Truncation
 
 log = logging.getLogger("sentiment.runtime")
@@ -37,8 +38,7 @@ class ProviderError(ValueError):
     """Requested execution providers that this onnxruntime build cannot give."""
 
 
-class NoTokensError(ValueError):
-    """A text with nothing left to score after cleaning (only whitespace or markup)."""
+NoTokensError = NoTokens  # the name callers used before the core's errors had their own module
 
 
 def select_providers(requested: str | list[str] | None, available: list[str]) -> list[str]:

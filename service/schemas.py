@@ -49,6 +49,16 @@ def _not_blank(text: str) -> str:
     return text
 
 
+def text_problem(text: str) -> tuple[str, str] | None:
+    """(code, message) of what makes `text` unscorable (the checks `Text` runs), or None: for batch items, whose
+    problems are answered per item rather than failing the request."""
+    try:
+        _not_blank(_unicode(text))
+    except PydanticCustomError as exc:
+        return exc.type, exc.message()
+    return None
+
+
 Unicode = Annotated[str, AfterValidator(_unicode)]
 Text = Annotated[str, AfterValidator(_unicode), AfterValidator(_not_blank)]
 
@@ -71,8 +81,10 @@ class SentimentRequest(_Request):
 
 
 class BatchItem(_Request):
-    id: Unicode | None = Field(None, description="echoed back with the item's result")
-    text: Text
+    id: Unicode | int | None = Field(None, description="echoed back with the item's result, as given (string or "
+                                                        "integer)")
+    text: str = Field(description="an empty, blank or over-long text gets an `error` in its result; the other items "
+                                  "are scored")
 
 
 class BatchRequest(_Request):
@@ -190,26 +202,46 @@ class DiagnosticsReport(_Report):
 
 
 class SentimentResponse(BaseModel):
-    label: Literal["negative", "positive"]
+    label: Literal["negative", "positive"] | None = Field(description="null when the service abstains (see abstained)")
     score: float = Field(description="P(positive), calibrated")
     probabilities: Probabilities
     model: ModelRef
     num_tokens: int = Field(description="tokens scored (after truncation)")
     truncated: bool = Field(description="the text had more tokens than the model reads; some were dropped")
+    unknown_share: float = Field(description="share of the scored tokens that are [UNK] (not in the vocabulary)")
+    warnings: list[Literal["mostly_unknown_tokens", "very_short", "truncated"]] = Field(
+        description="reasons to trust this answer less (thresholds in the settings); empty when none")
+    abstained: Literal["mostly_unknown_tokens"] | None = Field(None, description="why label is null (only with "
+                                                                                  "SENTIMENT_ABSTAIN_UNKNOWN_SHARE)")
     diagnostics: DiagnosticsReport | None = Field(None, description="per-token report (see the README's Diagnostics)")
-
-
-class BatchResult(SentimentResponse):
-    id: str | None = None
-
-
-class BatchResponse(BaseModel):
-    results: list[BatchResult]
 
 
 class ErrorDetail(BaseModel):
     code: str
     message: str
+
+
+class BatchResult(BaseModel):
+    """One item's result: the fields of a single response, or only `error` (and the id) for an item that could not
+    be scored."""
+
+    id: str | int | None = None
+    label: Literal["negative", "positive"] | None = None
+    score: float | None = None
+    probabilities: Probabilities | None = None
+    model: ModelRef | None = None
+    num_tokens: int | None = None
+    truncated: bool | None = None
+    unknown_share: float | None = None
+    warnings: list[Literal["mostly_unknown_tokens", "very_short", "truncated"]] | None = None
+    abstained: Literal["mostly_unknown_tokens"] | None = None
+    diagnostics: DiagnosticsReport | None = None
+    error: ErrorDetail | None = Field(None, description="why this item was not scored (empty_text, invalid_text, "
+                                                        "text_too_large, no_tokens)")
+
+
+class BatchResponse(BaseModel):
+    results: list[BatchResult]
 
 
 class ErrorResponse(BaseModel):

@@ -13,6 +13,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from service.contract import DEFAULT_MODEL_ROOT
+from service.trust import WARN_MIN_TOKENS, WARN_UNKNOWN_SHARE
 
 # Comma-separated in the environment ("cuda,cpu"), not JSON: NoDecode hands the raw string to the validator.
 CsvList = Annotated[list[str], NoDecode]
@@ -57,6 +58,12 @@ class Settings(BaseSettings):
     max_attribution_texts: int = Field(4, gt=0, description="texts in occlusion attribution at once (each costs T "
                                                             "model rows of T tokens); past it 503")
     retry_after_s: int = Field(1, ge=0, description="Retry-After sent with 503")
+    # How far an answer can be trusted (service/trust.py): every result carries unknown_share and warnings.
+    warn_unknown_share: float = Field(WARN_UNKNOWN_SHARE, ge=0, le=1, description="warning mostly_unknown_tokens at "
+                                                                                 "or above this share of [UNK] tokens")
+    warn_min_tokens: int = Field(WARN_MIN_TOKENS, ge=0, description="warning very_short below this many tokens")
+    abstain_unknown_share: float | None = Field(None, ge=0, le=1, description="label null (abstained: "
+                                                "mostly_unknown_tokens) at or above this share of [UNK]; unset: never")
     api_keys: CsvList = Field(default_factory=list, description="when set, /v1/* needs X-API-Key or a Bearer token")
     cors_origins: CsvList = Field(default_factory=list)
 

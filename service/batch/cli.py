@@ -18,7 +18,7 @@ import os
 import sys
 from pathlib import Path
 
-from service.artifacts import ArtifactError, discover, load_manifest
+from service.artifacts import ArtifactError
 from service.batch.errors import InputError, JobError, RowFailure
 from service.batch.job import (
     DEFAULT_CHUNK_SIZE,
@@ -34,34 +34,36 @@ from service.batch.readers import default_max_line_bytes
 from service.batch.summary import print_summary
 from service.batch.writers import atomic_write_text
 from service.contract import DEFAULT_MODEL_NAME, DEFAULT_MODEL_ROOT
+from service.exceptions import UnknownModel
+from service.registry import ModelRegistry
 from service.runtime import ModelRuntime, ProviderError
 
 
 def resolve_model(model_dir: str | None, name: str | None) -> Path:
     """The artifact to load: `model_dir` (an artifact or a folder of them; default: the repo's exported/), then the
-    one named `name` (folder or manifest name), else `imdb-lstm` if present, else the first."""
+    one named `name` (folder or manifest name), else `imdb-lstm` if present, else the first: the service's lookup
+    (`ModelRegistry.locate`), with its errors as input errors."""
     root = Path(model_dir) if model_dir else DEFAULT_MODEL_ROOT
     try:
-        found = discover(root)
+        return ModelRegistry.locate(root, name)
     except ArtifactError as exc:
         hint = "" if model_dir else " (train and export one with `make train`, or pass --model-dir)"
         raise InputError(f"{exc}{hint}") from exc
-    names = {}
-    for path in found:
-        names[path.name] = path
-        try:
-            names.setdefault(load_manifest(path, verify=False)["name"], path)
-        except ArtifactError:
-            pass  # loading it later reports the problem, if this is the one chosen
-    if name:
-        if name not in names:
-            raise InputError(f"no model named {name!r} under {root} (found: {', '.join(sorted(names))})")
-        return names[name]
-    return names.get(DEFAULT_MODEL_NAME, found[0])
+    except UnknownModel as exc:
+        raise InputError(str(exc)) from exc
+
+
+EXIT_STATUS = """exit status:
+  0    done (bad rows under --on-error skip are written with an error and still exit 0)
+  1    stopped on a bad row under --on-error fail (no output file written)
+  2    usage or input error: missing file, unreadable format, unknown field, an interrupted run in the way
+  3    the Ray job failed for another reason (--engine ray)
+  130  interrupted (Ctrl-C): rerun with --resume to continue"""
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="sentiment-score", description="Score reviews in a file (or stdin) in batches.")
+    p = argparse.ArgumentParser(prog="sentiment-score", description="Score reviews in a file (or stdin) in batches.",
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXIT_STATUS)
     p.add_argument("input", help="input file; '-' reads JSONL from stdin")
     p.add_argument("-o", "--output", default="-", help="output file (.jsonl default, .csv, .parquet); '-' = stdout")
     p.add_argument("--input-format", choices=INPUT_FORMATS, help="override the format the extension implies")

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from service.batch.errors import InputError
 
-BASE_COLUMNS = ["id", "label", "score", "num_tokens", "truncated"]
-DIAGNOSTIC_COLUMNS = ["top_positive", "top_negative", "unknown_share"]
+BASE_COLUMNS = ["id", "label", "score", "num_tokens", "truncated", "unknown_share", "warnings"]
+DIAGNOSTIC_COLUMNS = ["top_positive", "top_negative"]
 ERROR_COLUMN = "error"
 
 
@@ -44,4 +44,4 @@ def arrow_types() -> dict:
     strings = pa.list_(pa.string())
     return {"label": pa.string(), "score": pa.float64(), "num_tokens": pa.int64(), "truncated": pa.bool_(),
             "error": pa.string(), "top_positive": strings, "top_negative": strings, "unknown_share": pa.float64(),
-            "mean_forget_gate": pa.float64(), "mean_update_gate": pa.float64()}
+            "warnings": strings, "mean_forget_gate": pa.float64(), "mean_update_gate": pa.float64()}

@@ -5,6 +5,10 @@ the same rows. A value that cannot be scored (missing, not text, too long, nothi
 from __future__ import annotations
 
 from service.batch.columns import gate_columns
+from service.trust import TrustPolicy
+
+# The service's default thresholds (SENTIMENT_WARN_* settings; abstaining is off, as by default in the service).
+TRUST = TrustPolicy()
 
 
 def text_problem(value, field: str, max_chars: int | None = None) -> str | None:
@@ -30,13 +34,16 @@ def _encode_each(rt, texts: list[str]) -> list:
     return out
 
 
-def _row(full: dict) -> dict:
-    return {"label": full["label"], "score": full["score"], "num_tokens": full["num_tokens"], "truncated": full["truncated"]}
+def _row(rt, enc, probs) -> dict:
+    full = rt.result(enc, probs)
+    row = {"label": full["label"], "score": full["score"], "num_tokens": full["num_tokens"], "truncated": full["truncated"]}
+    return TRUST.apply(row, enc, rt.tokenizer.unk_id)  # + unknown_share and warnings, as the HTTP service answers
 
 
 def score_texts(rt, values: list, batch_size: int = 64, diagnostics: bool = False, field: str = "text",
                 max_chars: int | None = None) -> list[dict]:
-    """One dict per value: label, score (P(positive)), num_tokens, truncated (+ the compact diagnostics), or only
+    """One dict per value: label, score (P(positive)), num_tokens, truncated, unknown_share, warnings (+ the compact
+    diagnostics), or only
     `error` for a value that cannot be scored (`max_chars`: longer texts are not scored).
 
     Plain scoring goes through `ModelRuntime.predict` (length-sorted batches). With `diagnostics` each text runs the
@@ -68,16 +75,15 @@ def score_texts(rt, values: list, batch_size: int = 64, diagnostics: bool = Fals
     if not diagnostics:
         probs = rt.predict([enc for _, enc in scorable], batch_size)
         for (i, enc), row in zip(scorable, probs):
-            results[i] = _row(rt.result(enc, row))
+            results[i] = _row(rt, enc, row)
         return results
     gates = gate_columns(rt.manifest)
     for i, enc in scorable:
         probs, report = rt.diagnose(values[i], enc)
         summary = report["summary"]
-        out = _row(rt.result(enc, probs))
+        out = _row(rt, enc, probs)
         out["top_positive"] = [t["text"] for t in summary["top_positive"]]
         out["top_negative"] = [t["text"] for t in summary["top_negative"]]
-        out["unknown_share"] = summary["unknown_share"]
         for gate in gates:
             out[gate] = summary.get(gate)
         results[i] = out

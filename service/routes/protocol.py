@@ -16,9 +16,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 
-from service.errors import ApiError, validation_message
+from service.errors import ApiError, as_api_error, retry_after_s, validation_message
+from service.exceptions import ServiceError
 from service.routes import ServiceState
-from service.routes.sentiment import _score
+from service.routes.sentiment import client_gone
 from service.runtime import ModelRuntime
 from service.tokenization import Encoded, Truncation
 
@@ -41,6 +42,9 @@ def protocol_route(render: ErrorRenderer, validation_status: int = 422) -> type[
                     return await handler(request)
                 except ApiError as exc:
                     return render(exc.status, exc.code, exc.message, exc.headers)
+                except ServiceError as exc:
+                    err = as_api_error(exc, retry_after_s(request))
+                    return render(err.status, err.code, err.message, err.headers)
                 except RequestValidationError as exc:
                     code, message = validation_message(exc)
                     return render(validation_status, code, message, None)
@@ -52,28 +56,15 @@ def protocol_route(render: ErrorRenderer, validation_status: int = 422) -> type[
 
 def check_texts(state: ServiceState, texts: list[str], where: Callable[[int], str]) -> None:
     """The limits /v1/sentiment/batch applies: items per request and characters per text (both 413)."""
-    limit = state.settings.max_batch_items
-    if len(texts) > limit:
-        raise ApiError(413, "batch_too_large", f"{len(texts)} texts; the limit is {limit} per request")
-    chars = state.settings.max_text_chars
-    for i, text in enumerate(texts):
-        if len(text) > chars:
-            raise ApiError(413, "text_too_large", f"{where(i)} has {len(text)} characters; the limit is {chars}")
+    state.check_texts(texts, where, "texts")
 
 
 async def score(request: Request, state: ServiceState, rt: ModelRuntime, texts: list[str],
                 where: Callable[[int], str], truncation: Truncation | None = None,
                 encoded: list[Encoded] | None = None) -> tuple[list[Encoded], np.ndarray]:
-    """Tokenize (unless already done) and score through the model's micro-batcher: (encodings, probabilities [N, labels]).
-
-    The model (`rt`) must have been resolved in the same step, with no await between: a hot reload swaps the model
-    and its batcher together, and this keeps a request on the version it started on."""
+    """Tokenize (unless already done) and score through the model's micro-batcher, as /v1/sentiment does:
+    (encodings, probabilities [N, labels]). A hot reload while this waits keeps the request on the version `rt` is
+    (ScoringCore.batcher_for)."""
     if encoded is None:
-        encoded = rt.encode(texts, truncation)
-    for i, enc in enumerate(encoded):
-        if enc.num_tokens == 0:
-            raise ApiError(422, "no_tokens", f"{where(i)} has nothing to score after cleaning (only markup or spaces?)")
-    probs = await _score(request, state, rt, encoded)
-    for enc, row in zip(encoded, probs):  # the drift signals, as for /v1/sentiment
-        state.metrics.observe_text(rt.name, float(row[rt.positive]), float(np.mean(enc.ids == rt.tokenizer.unk_id)))
-    return encoded, probs
+        encoded = await state.encode(rt, texts, truncation)
+    return encoded, await state.score(rt, encoded, where, gone=client_gone(request))

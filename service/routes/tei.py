@@ -31,6 +31,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.errors import ApiError
+from service.exceptions import TooManyTokens
 from service.routes import State, require_api_key
 from service.routes.protocol import check_texts, protocol_route, score
 from service.schemas import Text
@@ -101,14 +102,14 @@ async def predict(body: PredictRequest, state: State, request: Request) -> list:
     truncation = None
     if body.truncate:
         truncation = "head" if body.truncation_direction.lower() == "right" else "tail"
-    rt = state.require_ready().get(None)
-    encoded = rt.encode(texts, truncation)
+    rt = state.model(None)
+    encoded = await state.encode(rt, texts, truncation)
     if body.truncate is False:
         for i, enc in enumerate(encoded):
             if enc.truncated:
-                raise ApiError(413, "too_many_tokens", f"{where(i)} has {enc.total_tokens} tokens; this model reads at "
-                                                       f"most {rt.tokenizer.max_tokens} (send truncate: true, or leave "
-                                                       f"it out for the model's own policy)")
+                raise TooManyTokens(f"{where(i)} has {enc.total_tokens} tokens; this model reads at most "
+                                    f"{rt.tokenizer.max_tokens} (send truncate: true, or leave it out for the model's "
+                                    f"own policy)")
     _, probs = await score(request, state, rt, texts, where, encoded=encoded)
     params = body.parameters or HfParameters()
     if body.raw_scores or params.function_to_apply == "none":

@@ -80,7 +80,7 @@ def _bad(message: str) -> ApiError:
 
 
 def _model(state, name: str, version: str | None) -> ModelRuntime:
-    rt = state.require_ready().get(name)
+    rt = state.model(name)
     if version is not None and version != rt.version:
         raise ApiError(404, "unknown_version", f"model {name!r} has no version {version!r} (serving {rt.version!r})")
     return rt

@@ -240,7 +240,7 @@ def test_a_client_that_disconnects_gives_its_queue_slots_back(live_server, how):
         async def scenario():
             async with httpx.AsyncClient(base_url=srv.url, timeout=30) as c:
                 first = asyncio.create_task(c.post("/v1/sentiment", json={"text": "a great film"}))
-                while not batcher._active:
+                while not batcher.in_flight:
                     await asyncio.sleep(0.01)
                 if how == "connection closed":  # the client process dies: its sockets close
                     writers = []

@@ -46,7 +46,7 @@ def test_excess_requests_get_503_at_once_and_the_service_recovers(live_server):
             async with httpx.AsyncClient(base_url=srv.url, timeout=60, limits=limits) as c:
                 single = lambda text, **kw: asyncio.create_task(c.post("/v1/sentiment", json={"text": text, **kw}))  # noqa: E731
                 admitted = [single("a great film")]
-                while not batcher._active:
+                while not batcher.in_flight:
                     await asyncio.sleep(0.01)
                 admitted += [single(f"a dull film {i}") for i in range(QUEUE)]
                 admitted += [single(f"loved it {i}", diagnostics=True) for i in range(QUEUE)]

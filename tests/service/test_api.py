@@ -27,7 +27,7 @@ def test_sentiment_scores_one_text_like_the_runtime(client, runtimes):
     response = client.post("/v1/sentiment", json={"text": REVIEW})
     assert response.status_code == 200
     body = response.json()
-    assert set(body) == {"label", "score", "probabilities", "model", "num_tokens", "truncated"}
+    assert set(body) == {"label", "score", "probabilities", "model", "num_tokens", "truncated", "unknown_share", "warnings"}
     rt = runtimes[DEFAULT]
     probs = direct(rt, REVIEW)
     assert body["score"] == pytest.approx(float(probs[1]), abs=1e-6)

@@ -150,7 +150,7 @@ def test_full_queue_refuses_and_cancelled_waiters_give_their_slots_back(runtime)
 
     async def scenario(batcher):
         running = asyncio.create_task(batcher.submit(enc))
-        while not recorder.calls and not batcher._active:
+        while not recorder.calls and not batcher.in_flight:
             await asyncio.sleep(0.005)
         waiting = [asyncio.create_task(batcher.submit(enc)) for _ in range(3)]
         await asyncio.sleep(0.01)
@@ -197,3 +197,35 @@ def test_stop_fails_waiting_requests(runtime):
     finally:
         gate.set()
     assert all(isinstance(r, BatcherStopped) for r in results)
+
+
+def test_in_flight_counts_texts_being_scored_and_in_diagnostics(runtime):
+    gate = threading.Event()
+    recorder = Recording(runtime, gate=gate)
+    enc = runtime.encode(["great film", "dull plot"])
+    real_diagnose, entered = runtime.diagnose, threading.Event()
+
+    def held_diagnose(*args, **kwargs):
+        entered.set()
+        gate.wait(10)
+        return real_diagnose(*args, **kwargs)
+
+    async def scenario(batcher):
+        runtime.diagnose = held_diagnose
+        assert batcher.in_flight == 0 and not batcher.busy
+        scoring = asyncio.create_task(batcher.submit(enc))
+        diagnosing = asyncio.create_task(batcher.diagnose("great film", enc[0], False, False, 1000))
+        while batcher.in_flight < 3 or not entered.is_set():  # both texts in the call, one in diagnostics
+            await asyncio.sleep(0.005)
+        assert batcher.in_flight == 3 and batcher.busy and batcher.depth == 0
+        gate.set()
+        probs, (diag_probs, report) = await asyncio.gather(scoring, diagnosing)
+        assert batcher.in_flight == 0 and not batcher.busy
+        return probs, diag_probs
+
+    try:
+        probs, diag_probs = asyncio.run(run_with(runtime, scenario, recorder, max_wait_ms=0))
+    finally:
+        gate.set()
+        runtime.__dict__.pop("diagnose", None)
+    assert np.allclose(probs[0], diag_probs, atol=1e-5)

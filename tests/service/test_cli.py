@@ -124,7 +124,7 @@ def test_some_reviews_are_truncated_and_length_sorting_keeps_input_order(tiny_ar
     rows = read_output(out, "jsonl")
     assert_matches(rows, REVIEWS, expected, [r["id"] for r in REVIEWS])
     assert any(r["truncated"] for r in rows) and not all(r["truncated"] for r in rows)
-    assert set(rows[0]) == {"id", "label", "score", "num_tokens", "truncated"}  # the earlier contract's fields
+    assert set(rows[0]) == {"id", "label", "score", "num_tokens", "truncated", "unknown_share", "warnings"}  # + trust (#17)
 
 
 def test_format_flags_override_the_extension(tiny_artifact, expected, tmp_path):
@@ -162,7 +162,8 @@ def test_text_field_id_field_and_keep_fields(tiny_artifact, expected, tmp_path):
     assert_matches(got, REVIEWS[:4], expected, ["r0", "r1", "r2", "r3"])
     assert [r["stars"] for r in got] == [0, 1, None, 3]
     assert got[1]["meta"] == {"k": 1} and got[3]["review"] == REVIEWS[3]["text"]
-    assert list(got[0]) == ["id", "label", "score", "num_tokens", "truncated", "stars", "meta", "review"]
+    assert list(got[0]) == ["id", "label", "score", "num_tokens", "truncated", "unknown_share", "warnings", "stars", "meta",
+                            "review"]
 
 
 def test_id_is_the_row_number_where_the_row_has_none(tiny_artifact, tmp_path):

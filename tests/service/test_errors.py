@@ -41,10 +41,14 @@ def test_text_over_the_limit_is_413(small_client):
     assert small_client.post("/v1/sentiment", json={"text": "great " * 8}).status_code == 200  # 48 chars
 
 
-def test_batch_item_over_the_text_limit_is_413_naming_it(small_client):
+def test_batch_item_over_the_text_limit_gets_its_own_error_naming_it(small_client):
+    # Issue 17: per-item errors; the other items are scored (was a 413 for the whole request).
     items = [{"text": "great"}, {"text": "a" * 51}]
-    message = assert_error(small_client.post("/v1/sentiment/batch", json={"items": items}), 413, "text_too_large")
-    assert "items[1]" in message
+    response = small_client.post("/v1/sentiment/batch", json={"items": items})
+    assert response.status_code == 200, response.text
+    first, bad = response.json()["results"]
+    assert first["label"] in ("negative", "positive")
+    assert set(bad) == {"error"} and bad["error"]["code"] == "text_too_large" and "items[1]" in bad["error"]["message"]
 
 
 def test_too_many_batch_items_is_413(small_client):
@@ -106,13 +110,34 @@ def test_invalid_single_requests_are_422(client, body, code, mentions):
 
 @pytest.mark.parametrize("body, code, mentions", [
     ({"items": []}, "invalid_request", "items"),
-    ({"items": [{"text": "fine"}, {"text": " "}]}, "empty_text", "items[1].text"),
-    ({"items": [{"text": "fine"}, {"id": 7, "text": "x"}]}, "invalid_request", "items[1].id"),
+    ({"items": [{"text": "fine"}, {"id": 7.5, "text": "x"}]}, "invalid_request", "items[1].id"),
+    ({"items": [{"text": "fine"}, {"id": True, "text": "x"}]}, "invalid_request", "items[1].id"),
+    ({"items": [{"text": "fine"}, {"text": 3}]}, "invalid_request", "items[1].text"),
+    ({"items": [{"text": "fine"}, {"id": "a"}]}, "invalid_request", "items[1].text"),
     ({"items": "great"}, "invalid_request", "items"),
-    ({"items": [{"text": "fine"}, {"text": "<i></i>"}]}, "no_tokens", "items[1].text"),
 ])
-def test_invalid_batch_requests_are_422(client, body, code, mentions):
+def test_malformed_batch_requests_are_422(client, body, code, mentions):
     assert mentions in assert_error(client.post("/v1/sentiment/batch", json=body), 422, code)
+
+
+@pytest.mark.parametrize("text, code", [(" ", "empty_text"), ("\u200b\ufeff", "empty_text"), ("<i></i>", "no_tokens")])
+def test_an_unscorable_batch_item_gets_an_error_and_the_others_are_scored(client, text, code):
+    # Issue 17: one batch semantics with the CLI's --on-error skip (these were a 422 for the whole request).
+    body = {"items": [{"id": "a", "text": "fine"}, {"id": 2, "text": text}, {"text": "a great film"}]}
+    response = client.post("/v1/sentiment/batch", json=body)
+    assert response.status_code == 200, response.text
+    first, bad, third = response.json()["results"]
+    assert first["id"] == "a" and first["label"] in ("negative", "positive") and "error" not in first
+    assert bad == {"id": 2, "error": {"code": code, "message": bad["error"]["message"]}}
+    assert "items[1].text" in bad["error"]["message"]
+    assert "id" not in third and third["num_tokens"] > 0
+
+
+def test_a_lone_surrogate_in_a_batch_item_is_that_items_error(client):
+    body = b'{"items": [{"text": "fine"}, {"text": "bad \\ud800 text"}]}'
+    response = client.post("/v1/sentiment/batch", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 200, response.text
+    assert response.json()["results"][1]["error"]["code"] == "invalid_text"
 
 
 def test_malformed_json_is_422(client):
@@ -175,7 +200,7 @@ def test_full_queue_is_503_at_once_and_cancelled_requests_free_their_slots(make_
             try:
                 post = lambda: c.post("/v1/sentiment", json={"text": "great"})  # noqa: E731
                 first = asyncio.create_task(post())
-                while batcher.depth or not batcher._active:  # the worker took it and is blocked
+                while batcher.depth or not batcher.in_flight:  # the worker took it and is blocked
                     await asyncio.sleep(0.005)
                 queued = [asyncio.create_task(post()) for _ in range(2)]
                 while batcher.depth < 2:
