@@ -18,7 +18,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
 from starlette.routing import Match, Mount
 
-from service import errors, tracing
+from service import docs, errors, tracing
 from service.http_limits import BodyBudget
 from service.metrics import Metrics, MetricsMiddleware
 from service.registry import ModelRegistry
@@ -86,7 +86,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
                 provider.shutdown()  # exports the spans still buffered
             state.tokenizer_pool.shutdown(wait=False)
 
-    app = FastAPI(title="IMDB sentiment service", version="1.0.0", lifespan=lifespan,
+    app = FastAPI(title="IMDB sentiment service", version="1.0.0", lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Scores review text with an LSTM/GRU classifier (onnxruntime), with optional per-token "
                               "diagnostics of the recurrent state. Errors: `{\"error\": {\"code\", \"message\"}}`.")
     app.state.service = state
@@ -94,6 +94,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     routers = (sentiment, models, admin, health, v2, tei)
     for module in routers:
         app.include_router(module.router)
+    docs.install(app)  # /docs and /redoc with their assets served from here, not a CDN
     # The web page (owned elsewhere) is served at / when present; mounted last so the API routes match first.
     if STATIC_DIR.is_dir():
         app.router.routes.append(PageMount(StaticFiles(directory=STATIC_DIR, html=True), list(app.router.routes)))

@@ -19,7 +19,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 # Modules that speak HTTP: the app, its routes, middleware and error shape, and the servers that run them.
 HTTP_LAYER = {"service.app", "service.errors", "service.server", "service.http_limits", "service.security_headers",
-              "service.tracing", "service.metrics", "service.auth", "service.reload", "service.ray_serve"}
+              "service.tracing", "service.metrics", "service.auth", "service.reload", "service.ray_serve",
+              "service.workers", "service.docs"}
 WEB_FRAMEWORK = ("fastapi", "starlette", "uvicorn")
 TRAINING_ONLY = ("training", "torch", "onnx", "gensim", "sklearn")  # `onnx` is the train extra; onnxruntime is not
 # What training may use from service/: the contract, the tokenizer and artifact checks on the export path; the

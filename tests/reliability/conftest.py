@@ -5,8 +5,9 @@
     live_server    context manager: the real app under a real uvicorn server on a loopback port, in a thread of this
                    process (so tests can reach into `server.state` and monkeypatch the runtime); stops on exit
     serve_process  context manager: `sentiment-serve` as a subprocess on a free loopback port, ready when it yields;
-                   RELIABILITY_SERVE_ARGS (e.g. "--workers 2") adds arguments to every one, so the subprocess
-                   tests run against several workers: RELIABILITY_SERVE_ARGS="--workers 2" pytest tests/reliability
+                   RELIABILITY_SERVE_ARGS (e.g. "--workers 2") adds arguments to each plain one (not to a `command`
+                   such as slow_serve.py, whose patches live in its own process), so the subprocess tests run
+                   against several workers: RELIABILITY_SERVE_ARGS="--workers 2" pytest tests/reliability
 """
 
 from __future__ import annotations
@@ -132,7 +133,7 @@ def serve_process(model_root):
         port = free_port()
         argv = (command or [sys.executable, "-m", "service.server"]) + [
             "--host", "127.0.0.1", "--port", str(port), "--model-dir", str(model_root), "--log-level", "warning",
-            *shlex.split(os.environ.get("RELIABILITY_SERVE_ARGS", "")), *args]
+            *([] if command else shlex.split(os.environ.get("RELIABILITY_SERVE_ARGS", ""))), *args]
         proc = subprocess.Popen(argv, cwd=REPO, env={**os.environ, "SENTIMENT_INTRA_OP_THREADS": "1", **(env or {})},
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         url = f"http://127.0.0.1:{port}"
