@@ -6,7 +6,15 @@ DATA ?= ../shared/data/aclImdb_train.tar.gz
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test lint train sweep bench gpu-check venv clean
+.PHONY: run test lint train sweep bench gpu-check venv venv-serve clean
+
+# Two stamps: `make run` installs only what serving needs (the base install: onnxruntime, FastAPI, no torch, no
+# Ray); `make test` and the other targets install every extra on top.
+venv-serve: $(VENV)/.installed-serve
+$(VENV)/.installed-serve: pyproject.toml
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -e .
+	touch $@
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
@@ -14,7 +22,7 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e '.[train,dev,parquet,ray]'
 	touch $@
 
-run: venv
+run: venv-serve
 	$(BIN)/sentiment-serve --host $(HOST) --port $(PORT)
 
 lint: venv

@@ -94,7 +94,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     routers = (sentiment, models, admin, health, v2, tei)
     for module in routers:
         app.include_router(module.router)
-    docs.install(app)  # /docs and /redoc with their assets served from here, not a CDN
+    docs.install(app)  # /docs with its assets served from here, not a CDN
     # The web page (owned elsewhere) is served at / when present; mounted last so the API routes match first.
     if STATIC_DIR.is_dir():
         app.router.routes.append(PageMount(StaticFiles(directory=STATIC_DIR, html=True), list(app.router.routes)))
