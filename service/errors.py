@@ -92,6 +92,12 @@ def _undecodable(cause: BaseException | None) -> str | None:
     return None
 
 
+def invalid_json(exc: StarletteHTTPException) -> str | None:
+    """The invalid_json message for FastAPI's 400 on a body it could not decode, or None for any other HTTP error."""
+    reason = _undecodable(exc.__cause__) if exc.status_code == 400 else None
+    return f"request body is not valid JSON ({reason})" if reason else None
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -111,8 +117,8 @@ def install(app: FastAPI) -> None:
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         # FastAPI answers 400 when the body cannot even be decoded; to the client that is the same mistake as
         # malformed JSON, so it gets the same (documented) 422 and code.
-        if exc.status_code == 400 and (reason := _undecodable(exc.__cause__)):
-            return error_response(422, "invalid_json", f"request body is not valid JSON ({reason})")
+        if message := invalid_json(exc):
+            return error_response(422, "invalid_json", message)
         code = _HTTP_CODES.get(exc.status_code, "http_error")
         message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
         if exc.status_code == 404:

@@ -15,8 +15,9 @@ from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.errors import ApiError, as_api_error, retry_after_s, validation_message
+from service.errors import ApiError, as_api_error, invalid_json, retry_after_s, validation_message
 from service.exceptions import ServiceError
 from service.routes import ServiceState
 from service.routes.sentiment import client_gone
@@ -48,6 +49,10 @@ def protocol_route(render: ErrorRenderer, validation_status: int = 422) -> type[
                 except RequestValidationError as exc:
                     code, message = validation_message(exc)
                     return render(validation_status, code, message, None)
+                except StarletteHTTPException as exc:  # a body FastAPI could not decode: malformed JSON too
+                    if (message := invalid_json(exc)) is None:
+                        raise
+                    return render(validation_status, "invalid_json", message, None)
 
             return run
 

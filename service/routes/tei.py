@@ -46,8 +46,14 @@ def _error(status: int, code: str, message: str, headers: dict[str, str] | None)
     return JSONResponse({"error": message, "error_type": kind}, status_code=status, headers=headers)
 
 
+class TeiError(BaseModel):
+    error: str
+    error_type: str = Field(description="Validation, Overloaded, Unhealthy, Unauthorized or Backend")
+
+
 router = APIRouter(tags=["text embeddings inference"], route_class=protocol_route(_error, 422),
-                   dependencies=[Depends(require_api_key)])
+                   dependencies=[Depends(require_api_key)],
+                   responses={status: {"model": TeiError} for status in (401, 413, 422, 499, 503)})
 
 
 class HfParameters(BaseModel):

@@ -45,7 +45,15 @@ def _error(status: int, code: str, message: str, headers: dict[str, str] | None)
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
-router = APIRouter(prefix="/v2", tags=["open inference protocol v2"], route_class=protocol_route(_error, 400))
+class ProtocolError(BaseModel):
+    error: str = Field(description="what was wrong (the protocol's error shape)")
+
+
+# Every status these routes answer besides 200, in the protocol's shape (also the API key's 401 and the client-gone
+# 499), so OpenAPI documents them.
+ERRORS = {status: {"model": ProtocolError} for status in (400, 401, 404, 413, 422, 499, 503)}
+router = APIRouter(prefix="/v2", tags=["open inference protocol v2"], route_class=protocol_route(_error, 400),
+                   responses=ERRORS)
 
 
 class _Strict(BaseModel):
