@@ -30,6 +30,7 @@ from service.settings import Settings
 from service.tokenization import Encoded, Truncation
 from service.trust import TrustPolicy
 
+TOKENIZER_THREADS = 2
 Where = Callable[[int], str]  # item index -> how the client names it ("text", "items[3].text", "inputs[0]")
 Gone = Callable[[], Awaitable[None]] | None  # returns when the client has left; None: never asked
 
@@ -136,11 +137,11 @@ class ScoringCore:
     # tokenizer work (which releases the GIL), and the loop must keep answering everyone else meanwhile. A pool of
     # its own, so a burst of diagnostics in asyncio's default pool cannot hold plain requests at this step.
     tokenizer_pool: ThreadPoolExecutor = field(
-        default_factory=lambda: ThreadPoolExecutor(max_workers=2, thread_name_prefix="tokenize"))
+        default_factory=lambda: ThreadPoolExecutor(max_workers=TOKENIZER_THREADS, thread_name_prefix="tokenize"))
 
     def __post_init__(self) -> None:
         self.trust = TrustPolicy.from_settings(self.settings)
-        self.tokenizing = Tokenizing(self.tokenizer_pool, self.tokenizer_pool._max_workers)
+        self.tokenizing = Tokenizing(self.tokenizer_pool, TOKENIZER_THREADS)
 
     def retry_after(self) -> dict[str, str]:
         """The Retry-After header the HTTP layer sends with a 503 it raises itself."""
