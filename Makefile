@@ -27,6 +27,7 @@ run: venv-serve
 
 lint: venv
 	$(BIN)/ruff check training service tests
+	$(BIN)/ruff format --check training service tests
 
 test: venv lint
 	$(BIN)/pytest

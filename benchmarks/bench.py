@@ -47,9 +47,16 @@ RESULTS = REPO / "benchmarks" / "results.json"
 README = REPO / "README.md"
 FINDINGS = REPO / "benchmarks" / "findings.md"
 # Bars from issue 13 (the "checked by" bars; its targets are higher: long c32 0.8, short c32 0.5).
-BARS = {"ort_vs_torch_batch1": 2.0, "long_c32_share_of_direct": 0.6, "short_c32_share_of_direct": 0.35,
-        "long_c32_p99_ms": 100, "long_c1_p50_ms": 3.0, "engine_share_of_matmul": 0.5, "diagnostics_overhead": 1.3,
-        "rss_mb": 150}
+BARS = {
+    "ort_vs_torch_batch1": 2.0,
+    "long_c32_share_of_direct": 0.6,
+    "short_c32_share_of_direct": 0.35,
+    "long_c32_p99_ms": 100,
+    "long_c1_p50_ms": 3.0,
+    "engine_share_of_matmul": 0.5,
+    "diagnostics_overhead": 1.3,
+    "rss_mb": 150,
+}
 N_TEXTS, DIAG_N, ENGINE_TEXTS = 256, 100, 256
 
 
@@ -79,7 +86,7 @@ def median_seconds(fns: list, items, repeats: int = 1) -> list[float]:
 
 
 def batches(items: list, size: int) -> list[list]:
-    return [items[i:i + size] for i in range(0, len(items) - size + 1, size)]
+    return [items[i : i + size] for i in range(0, len(items) - size + 1, size)]
 
 
 # -- 1. onnxruntime vs torch ----------------------------------------------------------------------------------------
@@ -95,13 +102,24 @@ def torch_vs_ort(rt: ModelRuntime, texts: list[str]) -> dict:
     m = rt.manifest
     fields = {k: v for k, v in m["model"].items() if k in ModelConfig.__dataclass_fields__}
     model = RecurrentClassifier(ModelConfig(**fields)).eval()
-    train_cfg = TrainConfig(max_tokens=m["max_tokens"], truncation=m["truncation"]["strategy"],
-                            head_tokens=m["truncation"]["head_tokens"], model=model.cfg)
+    train_cfg = TrainConfig(
+        max_tokens=m["max_tokens"],
+        truncation=m["truncation"]["strategy"],
+        head_tokens=m["truncation"]["head_tokens"],
+        model=model.cfg,
+    )
     with tempfile.TemporaryDirectory() as tmp:
         # The shipped metrics only fill the throwaway artifact's model card; nothing reads them.
-        export_model(model, (rt.directory / "tokenizer.json").read_text(), Path(tmp) / "random", name="bench-random",
-                     version="0", train_cfg=train_cfg, metrics=dict(m.get("metrics", {})),
-                     temperature=float(m.get("temperature", 1.0)))
+        export_model(
+            model,
+            (rt.directory / "tokenizer.json").read_text(),
+            Path(tmp) / "random",
+            name="bench-random",
+            version="0",
+            train_cfg=train_cfg,
+            metrics=dict(m.get("metrics", {})),
+            temperature=float(m.get("temperature", 1.0)),
+        )
         ort_rt = ModelRuntime(Path(tmp) / "random", intra_op_threads=1, inter_op_threads=1)
     temperature = float(m.get("temperature", 1.0))
 
@@ -115,9 +133,10 @@ def torch_vs_ort(rt: ModelRuntime, texts: list[str]) -> dict:
     singles = [[e] for e in encoded[:60]]
     b32 = batches(encoded, 32)[:4]
     parity = max(float(np.abs(torch_run(b) - ort_rt.run_batch(b)).max()) for b in b32[:2])
-    out = {"config": {k: fields[k] for k in ("cell", "hidden_size", "num_layers", "bidirectional", "pooling",
-                                             "embedding_dim")},
-           "max_abs_diff_torch_vs_ort": parity}
+    out = {
+        "config": {k: fields[k] for k in ("cell", "hidden_size", "num_layers", "bidirectional", "pooling", "embedding_dim")},
+        "max_abs_diff_torch_vs_ort": parity,
+    }
     for label, items in (("batch1", singles), ("batch32", b32)):
         t_torch, t_ort = median_seconds([torch_run, ort_rt.run_batch], items, repeats=1 if label == "batch1" else 2)
         out[label] = {"torch_ms": t_torch * 1e3, "ort_ms": t_ort * 1e3, "speedup": t_torch / t_ort}
@@ -128,8 +147,10 @@ def shipped_ort(runtimes: list[ModelRuntime], texts: list[str]) -> dict:
     out = {}
     for rt in runtimes:
         encoded = rt.encode(texts)
-        out[rt.name] = {"batch1_ms": median_seconds([rt.run_batch], [[e] for e in encoded[:60]])[0] * 1e3,
-                        "batch32_ms": median_seconds([rt.run_batch], batches(encoded, 32)[:4], repeats=2)[0] * 1e3}
+        out[rt.name] = {
+            "batch1_ms": median_seconds([rt.run_batch], [[e] for e in encoded[:60]])[0] * 1e3,
+            "batch32_ms": median_seconds([rt.run_batch], batches(encoded, 32)[:4], repeats=2)[0] * 1e3,
+        }
     return out
 
 
@@ -161,14 +182,23 @@ async def diagnostics_vs_plain(base: str, texts: list[str], model: str, n: int) 
                 await post(client, {"text": texts[i % len(texts)], "model": model, "diagnostics": diagnostics}, errors)
                 latencies[diagnostics].append(time.perf_counter() - start)
     p50 = {k: float(np.median(v)) * 1e3 for k, v in latencies.items()}
-    return {"requests": n, "plain_p50_ms": p50[False], "diagnostics_p50_ms": p50[True],
-            "ratio": p50[True] / p50[False], "retried_connection_errors": errors}
+    return {
+        "requests": n,
+        "plain_p50_ms": p50[False],
+        "diagnostics_p50_ms": p50[True],
+        "ratio": p50[True] / p50[False],
+        "retried_connection_errors": errors,
+    }
 
 
 def http_bench(model_root: Path, model: str, long: list[str], short: list[str], seconds: float) -> dict:
     with wrk_bench.Server(model_root) as server:
-        out = {"server_args": server.args[2:], "rss_mb_after_start": wrk_bench.tree_rss_mb(server.proc.pid),
-               "client": "wrk -t1 (one client thread on the same machine)", "seconds_per_run": seconds}
+        out = {
+            "server_args": server.args[2:],
+            "rss_mb_after_start": wrk_bench.tree_rss_mb(server.proc.pid),
+            "client": "wrk -t1 (one client thread on the same machine)",
+            "seconds_per_run": seconds,
+        }
         out["wrk"] = wrk_bench.http_loads(server, model, {"long": long, "short": short}, seconds)
         out["diagnostics_vs_plain_c1"] = asyncio.run(diagnostics_vs_plain(server.base, long, model, DIAG_N))
         out["rss_mb_after_load"] = wrk_bench.tree_rss_mb(server.proc.pid)
@@ -177,14 +207,26 @@ def http_bench(model_root: Path, model: str, long: list[str], short: list[str], 
 
 # -- report -----------------------------------------------------------------------------------------------------------
 def machine() -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
     import onnxruntime
     import torch
 
-    return {"cpu": cpu, "cores": os.cpu_count(), "load_average_at_start": os.getloadavg()[0],
-            "python": platform.python_version(), "onnxruntime": onnxruntime.__version__, "torch": torch.__version__,
-            "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "load_average_at_start": os.getloadavg()[0],
+        "python": platform.python_version(),
+        "onnxruntime": onnxruntime.__version__,
+        "torch": torch.__version__,
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
 
 
 def summarize(r: dict) -> dict:
@@ -194,8 +236,11 @@ def summarize(r: dict) -> dict:
     return {
         "ort_vs_torch_batch1": r["torch_vs_ort"]["batch1"]["speedup"],
         "ort_vs_torch_batch32": r["torch_vs_ort"]["batch32"]["speedup"],
-        **{f"{k}_c{c}_share_of_direct": w[k][f"c{c}"]["throughput_rps"] / direct[k]["texts_per_s"]
-           for k in w for c in wrk_bench.CONCURRENCY},
+        **{
+            f"{k}_c{c}_share_of_direct": w[k][f"c{c}"]["throughput_rps"] / direct[k]["texts_per_s"]
+            for k in w
+            for c in wrk_bench.CONCURRENCY
+        },
         "long_c32_p99_ms": w["long"]["c32"]["p99_ms"],
         "long_c1_p50_ms": w["long"]["c1"]["p50_ms"],
         "http_errors": sum(run["error_count"] for load in w.values() for run in load.values()),
@@ -215,32 +260,46 @@ def met(key: str, value: float) -> str:
 def readme_section(r: dict) -> str:
     s, t, h, m, d, e = r["summary"], r["torch_vs_ort"], r["http"], r["machine"], r["direct"], r["engine"]
     rows = []
-    for load, label in (("long", f"IMDB reviews (mean {d['long']['mean_tokens']:.0f} tokens)"),
-                        ("short", f"short snippets (mean {d['short']['mean_tokens']:.0f} tokens)")):
+    for load, label in (
+        ("long", f"IMDB reviews (mean {d['long']['mean_tokens']:.0f} tokens)"),
+        ("short", f"short snippets (mean {d['short']['mean_tokens']:.0f} tokens)"),
+    ):
         for c in wrk_bench.CONCURRENCY:
             w = h["wrk"][load][f"c{c}"]
             key = f"{load}_c{c}_share_of_direct"
             errors = f", **{w['error_count']} errors**" if w["error_count"] else ""
-            rows.append((f"{label}, concurrency {c}", f"**{w['throughput_rps']:.0f} req/s**, p50 {w['p50_ms']:.1f} ms, "
-                         f"p99 {w['p99_ms']:.1f} ms{errors}", f"{d[load]['texts_per_s']:.0f}/s",
-                         f"**{s[key]:.2f}**", f">= {BARS[key]}: {met(key, s[key])}" if key in BARS else ""))
+            rows.append(
+                (
+                    f"{label}, concurrency {c}",
+                    f"**{w['throughput_rps']:.0f} req/s**, p50 {w['p50_ms']:.1f} ms, p99 {w['p99_ms']:.1f} ms{errors}",
+                    f"{d[load]['texts_per_s']:.0f}/s",
+                    f"**{s[key]:.2f}**",
+                    f">= {BARS[key]}: {met(key, s[key])}" if key in BARS else "",
+                )
+            )
     lines = [
-        "## Benchmarks", "",
+        "## Benchmarks",
+        "",
         f"`make bench` (benchmarks/bench.py) measured everything below in one run on {m['cores']} cores of an "
         f"{m['cpu']}, onnxruntime {m['onnxruntime']}, torch {m['torch']}, {m['date'][:10]}. **The machine was shared** "
         f"(load average {m['load_average_at_start']:.1f} at the start, {r['load_average_at_end']:.1f} at the end: a "
         "training job and other test runs took CPU), so read the ratios, which compare runs made minutes apart, rather "
         f"than the absolute rates. Model: `{s['model']}` from `{r['model_root']}`; texts: {r['texts_source']}. "
-        "Raw figures: `benchmarks/results.json`.", "",
+        "Raw figures: `benchmarks/results.json`.",
+        "",
         f"HTTP: wrk with one client thread ({h['seconds_per_run']:.0f} s per run, every request a different text, "
         f"server `sentiment-serve {' '.join(h['server_args'][5:]) or '(defaults)'}`) against direct batched scoring of "
         "the same texts in one process "
         "(`ModelRuntime.encode` + `predict`, length-sorted batches of 64, the better of 1 thread and one per core; "
         "measured before and after the HTTP runs and averaged). Targets from issue 13: long c32 >= 0.8 (bar 0.6), "
-        "short c32 >= 0.5 (bar 0.35).", "",
-        "| Load | HTTP | Direct | Ratio | Bar |", "|---|---|---|---|---|",
-        *[f"| {a} | {b} | {c} | {x} | {y} |" for a, b, c, x, y in rows], "",
-        "| Measure | Result | Bar | Met |", "|---|---|---|---|",
+        "short c32 >= 0.5 (bar 0.35).",
+        "",
+        "| Load | HTTP | Direct | Ratio | Bar |",
+        "|---|---|---|---|---|",
+        *[f"| {a} | {b} | {c} | {x} | {y} |" for a, b, c, x, y in rows],
+        "",
+        "| Measure | Result | Bar | Met |",
+        "|---|---|---|---|",
         f"| Review at concurrency 1, p50 | {s['long_c1_p50_ms']:.1f} ms | <= {BARS['long_c1_p50_ms']} ms | "
         f"{met('long_c1_p50_ms', s['long_c1_p50_ms'])} |",
         f"| Reviews at concurrency 32, p99 | {s['long_c32_p99_ms']:.0f} ms | <= {BARS['long_c32_p99_ms']} ms | "
@@ -258,13 +317,17 @@ def readme_section(r: dict) -> str:
         f"{h['rss_mb_after_start']:.0f} MB) | <= {BARS['rss_mb']} MB | {met('rss_mb', s['rss_mb'])} |",
         f"| Direct batched scoring / onnxruntime MatMul rate (`{s['model']}`) | **{s['engine_share_of_matmul']:.0%}** | "
         f">= {BARS['engine_share_of_matmul']:.0%} | {met('engine_share_of_matmul', s['engine_share_of_matmul'])} |",
-        "", "**The engine** (benchmarks/engine.py; onnxruntime only, texts tokenized beforehand, "
-        f"{e['texts']} texts):", "",
-        *[f"- {line.strip()}" for line in engine.summary_lines(e)], "",
+        "",
+        f"**The engine** (benchmarks/engine.py; onnxruntime only, texts tokenized beforehand, {e['texts']} texts):",
+        "",
+        *[f"- {line.strip()}" for line in engine.summary_lines(e)],
+        "",
         "PyTorch and onnxruntime run the same random weights (exported with `training.export.export_model`; "
         f"max |difference| {t['max_abs_diff_torch_vs_ort']:.1e}); the served artifact(s) timed with onnxruntime: "
-        + ", ".join(f"`{k}` {v['batch1_ms']:.2f} ms at batch 1, {v['batch32_ms']:.1f} ms at batch 32"
-                    for k, v in r["shipped_ort"].items()) + ".",
+        + ", ".join(
+            f"`{k}` {v['batch1_ms']:.2f} ms at batch 1, {v['batch32_ms']:.1f} ms at batch 32" for k, v in r["shipped_ort"].items()
+        )
+        + ".",
     ]
     findings = r.get("findings")
     if findings:
@@ -301,8 +364,14 @@ def main() -> int:
     long, short, source = wrk_bench.bench_texts(primary.directory, n_texts)
     texts = long[:N_TEXTS]
     shown_root = model_root.relative_to(REPO) if model_root.is_relative_to(REPO) else model_root
-    results = {"machine": machine(), "model_root": str(shown_root), "models": names, "primary_model": primary.name,
-               "texts_source": source, "mean_tokens": float(np.mean([e.num_tokens for e in primary.encode(texts)]))}
+    results = {
+        "machine": machine(),
+        "model_root": str(shown_root),
+        "models": names,
+        "primary_model": primary.name,
+        "texts_source": source,
+        "mean_tokens": float(np.mean([e.num_tokens for e in primary.encode(texts)])),
+    }
     print(f"bench: {names}, primary {primary.name}, {source}")
     results["torch_vs_ort"] = torch_vs_ort(primary, texts)
     print("  torch vs ort:", json.dumps(results["torch_vs_ort"]))
@@ -314,8 +383,15 @@ def main() -> int:
     before = {"long": wrk_bench.direct_best(primary.directory, long), "short": wrk_bench.direct_best(primary.directory, short)}
     results["http"] = http_bench(model_root, primary.name, long, short, seconds)
     after = {"long": wrk_bench.direct_best(primary.directory, long), "short": wrk_bench.direct_best(primary.directory, short)}
-    results["direct"] = {k: {"before": before[k], "after": after[k], "mean_tokens": before[k]["mean_tokens"],
-                             "texts_per_s": (before[k]["texts_per_s"] + after[k]["texts_per_s"]) / 2} for k in before}
+    results["direct"] = {
+        k: {
+            "before": before[k],
+            "after": after[k],
+            "mean_tokens": before[k]["mean_tokens"],
+            "texts_per_s": (before[k]["texts_per_s"] + after[k]["texts_per_s"]) / 2,
+        }
+        for k in before
+    }
     results["engine"] = engine.engine_report(dirs, long[:ENGINE_TEXTS])
     for line in engine.summary_lines(results["engine"]):
         print("  engine:", line)

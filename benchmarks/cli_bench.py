@@ -60,12 +60,12 @@ def throughput(args: argparse.Namespace, model_dir: Path) -> dict:
         rt = ModelRuntime(model_dir)
         order = list(range(len(texts)))
         random.Random(0).shuffle(order)  # the archive lists one label first: mix so that every slice is alike
-        order = order[:args.limit] if args.limit else order
+        order = order[: args.limit] if args.limit else order
         size = -(-len(order) // args.slices)
         encode_s = ort_s = cli_s = 0.0
         correct = rows_out = 0
         for k in range(args.slices):
-            part = order[k * size:(k + 1) * size]
+            part = order[k * size : (k + 1) * size]
             src, out = Path(tmp) / f"slice{k}.jsonl", Path(tmp) / f"scored{k}.jsonl"
             src.write_text("".join(json.dumps({"id": i, "text": texts[i]}) + "\n" for i in part), encoding="utf-8")
             start = time.perf_counter()
@@ -75,23 +75,37 @@ def throughput(args: argparse.Namespace, model_dir: Path) -> dict:
             encode_s, ort_s = encode_s + middle - start, ort_s + time.perf_counter() - middle
             del encoded
             start = time.perf_counter()
-            subprocess.run(cli(str(src), "-o", str(out), "--model-dir", str(model_dir), "--quiet", "--batch-size",
-                               str(args.batch_size)), check=True, cwd=REPO)
+            subprocess.run(
+                cli(str(src), "-o", str(out), "--model-dir", str(model_dir), "--quiet", "--batch-size", str(args.batch_size)),
+                check=True,
+                cwd=REPO,
+            )
             cli_s += time.perf_counter() - start
             for line in out.open(encoding="utf-8"):
                 row = json.loads(line)
                 rows_out += 1
                 correct += row["label"] == labels[row["id"]]
-            print(f"slice {k + 1}/{args.slices}: {len(part)} reviews; so far direct {encode_s + ort_s:.0f} s "
-                  f"(tokenizing {encode_s:.0f} s), sentiment-score {cli_s:.0f} s", file=sys.stderr)
+            print(
+                f"slice {k + 1}/{args.slices}: {len(part)} reviews; so far direct {encode_s + ort_s:.0f} s "
+                f"(tokenizing {encode_s:.0f} s), sentiment-score {cli_s:.0f} s",
+                file=sys.stderr,
+            )
     n = len(order)
     direct, tool = n / (encode_s + ort_s), n / cli_s
     return {
-        "reviews": n, "batch_size": args.batch_size, "slices": args.slices,
-        "direct_rows_per_s": round(direct, 1), "cli_rows_per_s": round(tool, 1), "cli_vs_direct": round(tool / direct, 3),
-        "direct_seconds": round(encode_s + ort_s, 1), "direct_tokenize_seconds": round(encode_s, 1),
-        "direct_onnxruntime_seconds": round(ort_s, 1), "onnxruntime_only_rows_per_s": round(n / ort_s, 1),
-        "cli_seconds": round(cli_s, 1), "cli_accuracy": round(correct / rows_out, 4), "rows_out": rows_out,
+        "reviews": n,
+        "batch_size": args.batch_size,
+        "slices": args.slices,
+        "direct_rows_per_s": round(direct, 1),
+        "cli_rows_per_s": round(tool, 1),
+        "cli_vs_direct": round(tool / direct, 3),
+        "direct_seconds": round(encode_s + ort_s, 1),
+        "direct_tokenize_seconds": round(encode_s, 1),
+        "direct_onnxruntime_seconds": round(ort_s, 1),
+        "onnxruntime_only_rows_per_s": round(n / ort_s, 1),
+        "cli_seconds": round(cli_s, 1),
+        "cli_accuracy": round(correct / rows_out, 4),
+        "rows_out": rows_out,
     }
 
 
@@ -129,10 +143,15 @@ def memory(args: argparse.Namespace, model_dir: Path) -> dict:
             raise RuntimeError("the memory run failed or finished before both samples")
         elapsed = time.perf_counter() - start
         written = sum(1 for _ in out.open())
-    return {"rows": args.rows, "rows_out": written, "seconds": round(elapsed, 1),
-            "rows_per_s": round(args.rows / elapsed, 1), "samples": samples,
-            "rss_growth_mib": round(samples["90%"]["rss_mib"] - samples["20%"]["rss_mib"], 1),
-            "peak_rss_mib_at_90%": round(peak / 1024, 1) if peak else None}
+    return {
+        "rows": args.rows,
+        "rows_out": written,
+        "seconds": round(elapsed, 1),
+        "rows_per_s": round(args.rows / elapsed, 1),
+        "samples": samples,
+        "rss_growth_mib": round(samples["90%"]["rss_mib"] - samples["20%"]["rss_mib"], 1),
+        "peak_rss_mib_at_90%": round(peak / 1024, 1) if peak else None,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -155,9 +174,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
     rt = ModelRuntime(model_dir)
-    context = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "python": platform.python_version(),
-               "model": f"{rt.name} {rt.version}", "load_average_at_start": round(os.getloadavg()[0], 2),
-               "measured": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    context = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+        "python": platform.python_version(),
+        "model": f"{rt.name} {rt.version}",
+        "load_average_at_start": round(os.getloadavg()[0], 2),
+        "measured": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
     del rt
     key = "memory" if args.memory else "throughput"
     results[key] = {**context, **(memory(args, model_dir) if args.memory else throughput(args, model_dir))}

@@ -43,9 +43,13 @@ def matmul_gflops(m: int, k: int, n: int, threads: int, seconds: float = 0.6) ->
     """fp32 GFLOP/s (2*m*k*n per call) of one onnxruntime MatMul with a constant right-hand side, as the model
     graphs have; best of repeated timed windows, so a burst of other load on a shared machine counts less."""
     b = numpy_helper.from_array(np.random.default_rng(0).standard_normal((k, n)).astype(np.float32), "B")
-    graph = helper.make_graph([helper.make_node("MatMul", ["A", "B"], ["Y"])], "mm",
-                              [helper.make_tensor_value_info("A", TensorProto.FLOAT, [m, k])],
-                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [m, n])], initializer=[b])
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["A", "B"], ["Y"])],
+        "mm",
+        [helper.make_tensor_value_info("A", TensorProto.FLOAT, [m, k])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [m, n])],
+        initializer=[b],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 9
     sess = session(model, threads)
@@ -82,7 +86,7 @@ def macs_per_token(model_dir: Path) -> int:
 def predict_rate(rt: ModelRuntime, encoded: list, batch_size: int, sort: bool = True, rounds: int = 2) -> dict:
     """Texts/s and real tokens/s of batched scoring (best of `rounds`), and the share of padded positions."""
     order = sorted(range(len(encoded)), key=lambda i: encoded[i].num_tokens) if sort else list(range(len(encoded)))
-    chunks = [[encoded[i] for i in order[s:s + batch_size]] for s in range(0, len(order), batch_size)]
+    chunks = [[encoded[i] for i in order[s : s + batch_size]] for s in range(0, len(order), batch_size)]
     real = sum(e.num_tokens for e in encoded)
     padded = sum(len(c) * max(e.num_tokens for e in c) for c in chunks)
     rt.run_batch(chunks[0])
@@ -92,8 +96,13 @@ def predict_rate(rt: ModelRuntime, encoded: list, batch_size: int, sort: bool = 
         for chunk in chunks:
             rt.run_batch(chunk)
         best = min(best, time.perf_counter() - start)
-    return {"batch_size": batch_size, "sorted": sort, "texts_per_s": len(encoded) / best, "tokens_per_s": real / best,
-            "padding_share": 1 - real / padded}
+    return {
+        "batch_size": batch_size,
+        "sorted": sort,
+        "texts_per_s": len(encoded) / best,
+        "tokens_per_s": real / best,
+        "padding_share": 1 - real / padded,
+    }
 
 
 def engine_report(model_dirs: list[Path], texts: list[str], threads: tuple[int, ...] = (1, 2)) -> dict:
@@ -108,8 +117,13 @@ def engine_report(model_dirs: list[Path], texts: list[str], threads: tuple[int, 
         rts = {t: ModelRuntime(model_dir, intra_op_threads=t, inter_op_threads=1) for t in threads}
         first = rts[threads[0]]
         encoded = first.encode(texts)
-        entry: dict = {"recurrent": shapes, "macs_per_token": macs, "mean_tokens": float(np.mean(
-            [e.num_tokens for e in encoded])), "direct": {}, "held_back_by": {}}
+        entry: dict = {
+            "recurrent": shapes,
+            "macs_per_token": macs,
+            "mean_tokens": float(np.mean([e.num_tokens for e in encoded])),
+            "direct": {},
+            "held_back_by": {},
+        }
         for t, rt in rts.items():
             # The MatMul rate is measured again right beside the model (before and after, the better kept), so
             # that on a shared machine the two figures of the fraction see the same load.
@@ -117,8 +131,12 @@ def engine_report(model_dirs: list[Path], texts: list[str], threads: tuple[int, 
             r = predict_rate(rt, encoded, 64)
             around.append(matmul_gflops(1024, 1024, 1024, t))
             achieved = r["tokens_per_s"] * 2 * macs / 1e9
-            entry["direct"][str(t)] = {**r, "gflops": achieved, "matmul_gflops_beside": max(around),
-                                       "share_of_matmul": achieved / max(around)}
+            entry["direct"][str(t)] = {
+                **r,
+                "gflops": achieved,
+                "matmul_gflops_beside": max(around),
+                "share_of_matmul": achieved / max(around),
+            }
         # What a recurrent layer multiplies, at the main batch size: one big input projection, then one small
         # product per token position. Their MatMul rates (1 thread) bound what the layer can reach.
         if shapes:
@@ -131,8 +149,9 @@ def engine_report(model_dirs: list[Path], texts: list[str], threads: tuple[int, 
                 f"recurrent_step_8x{hid}x{gates_h}": matmul_gflops(8, hid, gates_h, 1),
             }
         one = rts[threads[0]]
-        entry["held_back_by"]["batch_size_1_thread"] = [predict_rate(one, encoded[:256], b, rounds=1)
-                                                        for b in (1, 8, 32, 64, 256)]
+        entry["held_back_by"]["batch_size_1_thread"] = [
+            predict_rate(one, encoded[:256], b, rounds=1) for b in (1, 8, 32, 64, 256)
+        ]
         entry["held_back_by"]["unsorted_batch64_1_thread"] = predict_rate(one, encoded, 64, sort=False, rounds=1)
         report["models"][first.name] = entry
     report["texts"] = len(texts)
@@ -143,23 +162,34 @@ def engine_report(model_dirs: list[Path], texts: list[str], threads: tuple[int, 
 def summary_lines(report: dict) -> list[str]:
     """Plain-language findings, one per line, for the bench output and the README."""
     mm = report["matmul_gflops"]
-    lines = ["onnxruntime fp32 MatMul (1024^3): " + ", ".join(f"{v['square_1024']:.0f} GFLOP/s on {t} thread(s)"
-                                                              for t, v in mm.items())]
+    lines = [
+        "onnxruntime fp32 MatMul (1024^3): "
+        + ", ".join(f"{v['square_1024']:.0f} GFLOP/s on {t} thread(s)" for t, v in mm.items())
+    ]
     for name, e in report["models"].items():
-        direct = "; ".join(f"{t} thread(s): {d['texts_per_s']:.0f} texts/s, {d['gflops']:.1f} GFLOP/s = "
-                           f"{d['share_of_matmul']:.0%} of MatMul ({d['matmul_gflops_beside']:.0f})"
-                           for t, d in e["direct"].items())
-        lines.append(f"{name}: {e['macs_per_token'] / 1e3:.0f}k multiply-adds/token, {e['mean_tokens']:.0f} tokens/text; "
-                     f"{direct}")
+        direct = "; ".join(
+            f"{t} thread(s): {d['texts_per_s']:.0f} texts/s, {d['gflops']:.1f} GFLOP/s = "
+            f"{d['share_of_matmul']:.0%} of MatMul ({d['matmul_gflops_beside']:.0f})"
+            for t, d in e["direct"].items()
+        )
+        lines.append(
+            f"{name}: {e['macs_per_token'] / 1e3:.0f}k multiply-adds/token, {e['mean_tokens']:.0f} tokens/text; {direct}"
+        )
         hb = e["held_back_by"]
         if "matmul_gflops_1_thread" in hb:
-            lines.append(f"  {name} MatMul shapes (1 thread): " + ", ".join(
-                f"{k.replace('_', ' ')} {v:.0f} GFLOP/s" for k, v in hb["matmul_gflops_1_thread"].items()))
-        lines.append(f"  {name} batch size (1 thread, sorted): " + ", ".join(
-            f"{b['batch_size']}: {b['texts_per_s']:.0f}/s" for b in hb["batch_size_1_thread"]))
+            lines.append(
+                f"  {name} MatMul shapes (1 thread): "
+                + ", ".join(f"{k.replace('_', ' ')} {v:.0f} GFLOP/s" for k, v in hb["matmul_gflops_1_thread"].items())
+            )
+        lines.append(
+            f"  {name} batch size (1 thread, sorted): "
+            + ", ".join(f"{b['batch_size']}: {b['texts_per_s']:.0f}/s" for b in hb["batch_size_1_thread"])
+        )
         unsorted, srt = hb["unsorted_batch64_1_thread"], e["direct"][next(iter(e["direct"]))]
-        lines.append(f"  {name} batch 64 unsorted: {unsorted['texts_per_s']:.0f}/s, {unsorted['padding_share']:.0%} "
-                     f"padding (sorted: {srt['texts_per_s']:.0f}/s, {srt['padding_share']:.0%})")
+        lines.append(
+            f"  {name} batch 64 unsorted: {unsorted['texts_per_s']:.0f}/s, {unsorted['padding_share']:.0%} "
+            f"padding (sorted: {srt['texts_per_s']:.0f}/s, {srt['padding_share']:.0%})"
+        )
     return lines
 
 

@@ -51,17 +51,22 @@ def check_model(directory: Path, device: str, failures: list[str]) -> dict:
     diag_diff = 0.0
     for text, enc in zip(texts[:8], encoded[:8]):
         (_, a), (_, b) = cpu.diagnose(text, enc), dev.diagnose(text, enc)
-        diag_diff = max(diag_diff, max(abs(x["running_score"] - y["running_score"])
-                                       for x, y in zip(a["tokens"], b["tokens"])))
+        diag_diff = max(diag_diff, max(abs(x["running_score"] - y["running_score"]) for x, y in zip(a["tokens"], b["tokens"])))
         for la, lb in zip(a["layers"], b["layers"]):
             for gate in la["gate_mean"]:
                 diag_diff = max(diag_diff, float(np.abs(np.subtract(la["gate_mean"][gate], lb["gate_mean"][gate])).max()))
     if max(prob_diff, diag_diff) > TOLERANCE:
         failures.append(f"{directory}: CPU vs {dev.provider} differ by {max(prob_diff, diag_diff):.2e} > {TOLERANCE}")
-    singles, b32 = [[e] for e in encoded[:40]], [encoded[i:i + 32] for i in range(0, 128, 32)]
-    return {"provider": dev.provider, "max_abs_diff_probabilities": prob_diff, "max_abs_diff_diagnostics": diag_diff,
-            "cpu_batch1_ms": median_ms(cpu.run_batch, singles), "device_batch1_ms": median_ms(dev.run_batch, singles),
-            "cpu_batch32_ms": median_ms(cpu.run_batch, b32), "device_batch32_ms": median_ms(dev.run_batch, b32)}
+    singles, b32 = [[e] for e in encoded[:40]], [encoded[i : i + 32] for i in range(0, 128, 32)]
+    return {
+        "provider": dev.provider,
+        "max_abs_diff_probabilities": prob_diff,
+        "max_abs_diff_diagnostics": diag_diff,
+        "cpu_batch1_ms": median_ms(cpu.run_batch, singles),
+        "device_batch1_ms": median_ms(dev.run_batch, singles),
+        "cpu_batch32_ms": median_ms(cpu.run_batch, b32),
+        "device_batch32_ms": median_ms(dev.run_batch, b32),
+    }
 
 
 def check_app(root: Path, device: str, failures: list[str]) -> dict:
@@ -78,7 +83,7 @@ def check_app(root: Path, device: str, failures: list[str]) -> dict:
     if any(m["provider"] != wanted for m in models) or scored != 200:
         failures.append(f"/v1/models reports {[m['provider'] for m in models]}, scoring answered {scored}")
     if f'provider="{wanted}"' not in metrics:
-        failures.append(f"/metrics has no provider=\"{wanted}\" label")
+        failures.append(f'/metrics has no provider="{wanted}" label')
     return {"models": {m["name"]: m["provider"] for m in models}}
 
 
@@ -89,8 +94,12 @@ def main() -> int:
         ort.preload_dlls()  # CUDA/cuDNN from the nvidia-* wheels the venv installed, when the system has none
     available = ort.get_available_providers()
     failures: list[str] = []
-    report = {"onnxruntime": ort.__version__, "device": ort.get_device(), "available": available,
-              "default_selection": select_providers(None, available)}
+    report = {
+        "onnxruntime": ort.__version__,
+        "device": ort.get_device(),
+        "available": available,
+        "default_selection": select_providers(None, available),
+    }
     if PROVIDER_ALIASES[device] not in available:
         print(json.dumps(report, indent=2))
         print(f"gpu-check: FAILED: this onnxruntime offers no {PROVIDER_ALIASES[device]}", file=sys.stderr)
@@ -101,8 +110,10 @@ def main() -> int:
     report["app"] = check_app(root, device, failures)
     report["failures"] = failures
     print(json.dumps(report, indent=2))
-    print("gpu-check: " + ("FAILED:\n  " + "\n  ".join(failures) if failures else "passed"),
-          file=sys.stderr if failures else sys.stdout)
+    print(
+        "gpu-check: " + ("FAILED:\n  " + "\n  ".join(failures) if failures else "passed"),
+        file=sys.stderr if failures else sys.stdout,
+    )
     return 1 if failures else 0
 
 

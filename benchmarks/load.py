@@ -45,8 +45,9 @@ KINDS = ("short", "long", "diagnostics", "batch")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.load", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.load", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--clients", type=int, default=64, help="concurrent clients (connections)")
     p.add_argument("--duration", type=float, default=30.0, help="seconds of traffic, warm-up included")
     p.add_argument("--warmup", type=float, default=5.0, help="first seconds left out of latency and RSS growth")
@@ -69,12 +70,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 # -- traffic -----------------------------------------------------------------------------------------------------
 def vocabulary(model_dir: Path, model: str | None) -> list[str]:
     """Words of the served model's tokenizer, most frequent first."""
-    candidates = [model_dir] if (model_dir / "manifest.json").is_file() else sorted(
-        p.parent for p in model_dir.glob("*/manifest.json"))
+    candidates = (
+        [model_dir] if (model_dir / "manifest.json").is_file() else sorted(p.parent for p in model_dir.glob("*/manifest.json"))
+    )
     if not candidates:
         raise SystemExit(f"load: no model artifacts under {model_dir} (pass --model-dir)")
-    chosen = next((c for c in candidates if model in (c.name, json.loads((c / "manifest.json").read_text())["name"])),
-                  candidates[0])
+    chosen = next(
+        (c for c in candidates if model in (c.name, json.loads((c / "manifest.json").read_text())["name"])), candidates[0]
+    )
     vocab = json.loads((chosen / "tokenizer.json").read_text())["model"]["vocab"]
     return [w for w, _ in sorted(vocab.items(), key=lambda kv: kv[1]) if not w.startswith("[")]
 
@@ -100,11 +103,13 @@ def next_request(rng: random.Random, pools: dict, args: argparse.Namespace) -> t
     roll = rng.random()
     if roll < args.diagnostics_share:
         text = rng.choice(pools["short"] + pools["long"][:10])
-        return "diagnostics", "/v1/sentiment", {"text": text, "diagnostics": True, "attribution": rng.random() < 0.5,
-                                                **model}
+        return "diagnostics", "/v1/sentiment", {"text": text, "diagnostics": True, "attribution": rng.random() < 0.5, **model}
     if roll < args.diagnostics_share + args.batch_share:
-        return "batch", "/v1/sentiment/batch", {"items": [{"id": str(i), "text": rng.choice(pools["short"])}
-                                                          for i in range(8)], **model}
+        return (
+            "batch",
+            "/v1/sentiment/batch",
+            {"items": [{"id": str(i), "text": rng.choice(pools["short"])} for i in range(8)], **model},
+        )
     kind = "long" if rng.random() < args.long_share else "short"
     return kind, "/v1/sentiment", {"text": rng.choice(pools[kind]), **model}
 
@@ -128,8 +133,23 @@ def rss_mb(pid: int) -> float | None:
 def start_server(args: argparse.Namespace) -> tuple[subprocess.Popen, str]:
     port = free_port()
     env = {**os.environ, **({"SENTIMENT_QUEUE_SIZE": str(args.queue_size)} if args.queue_size else {})}
-    proc = subprocess.Popen([sys.executable, "-m", "service.server", "--host", "127.0.0.1", "--port", str(port),
-                             "--model-dir", args.model_dir, "--log-level", "warning"], cwd=REPO, env=env)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "service.server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--model-dir",
+            args.model_dir,
+            "--log-level",
+            "warning",
+        ],
+        cwd=REPO,
+        env=env,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while True:
@@ -149,8 +169,13 @@ def percentiles(seconds: list[float]) -> dict:
     if not seconds:
         return {"n": 0}
     ms = np.array(seconds) * 1e3
-    return {"n": len(ms), "p50_ms": round(float(np.percentile(ms, 50)), 2), "p90_ms": round(float(np.percentile(ms, 90)), 2),
-            "p99_ms": round(float(np.percentile(ms, 99)), 2), "max_ms": round(float(ms.max()), 2)}
+    return {
+        "n": len(ms),
+        "p50_ms": round(float(np.percentile(ms, 50)), 2),
+        "p90_ms": round(float(np.percentile(ms, 90)), 2),
+        "p99_ms": round(float(np.percentile(ms, 99)), 2),
+        "max_ms": round(float(ms.max()), 2),
+    }
 
 
 async def prime(url: str, pools: dict, args: argparse.Namespace) -> None:
@@ -159,9 +184,11 @@ async def prime(url: str, pools: dict, args: argparse.Namespace) -> None:
     one-time growth is not what the RSS comparison is after."""
     model = {"model": args.model} if args.model else {}
     longest = sorted(pools["long"], key=len)[-4:]
-    bodies = ([("/v1/sentiment", {"text": t, "attribution": True, **model}) for t in longest]
-              + [("/v1/sentiment", {"text": t, **model}) for t in longest + pools["short"][:16]]
-              + [("/v1/sentiment/batch", {"items": [{"text": t} for t in pools["short"][:8]], **model})] * 4)
+    bodies = (
+        [("/v1/sentiment", {"text": t, "attribution": True, **model}) for t in longest]
+        + [("/v1/sentiment", {"text": t, **model}) for t in longest + pools["short"][:16]]
+        + [("/v1/sentiment/batch", {"items": [{"text": t} for t in pools["short"][:8]], **model})] * 4
+    )
     async with httpx.AsyncClient(base_url=url, timeout=max(args.timeout, 60)) as c:
         for response in await asyncio.gather(*[c.post(path, json=body) for path, body in bodies]):
             response.raise_for_status()
@@ -216,18 +243,24 @@ async def drive(url: str, pid: int, args: argparse.Namespace, pools: dict) -> di
     after = [(t, v) for t, v in rss if t >= args.warmup]
     slope = float(np.polyfit(*zip(*after), 1)[0] * 60) if len(after) >= 3 else None
     return {
-        "requests": sum(statuses.values()), "measured_requests": len(measured),
+        "requests": sum(statuses.values()),
+        "measured_requests": len(measured),
         "throughput_rps": round(len(measured) / max(args.duration - args.warmup, 1e-9), 1),
         "latency": {"all": percentiles(measured), **{kind: percentiles(latencies[kind]) for kind in KINDS}},
         "status_counts": {str(k): v for k, v in sorted(statuses.items())},
-        "unexpected_examples": unexpected, "transport_errors": len(transport_errors),
+        "unexpected_examples": unexpected,
+        "transport_errors": len(transport_errors),
         "transport_error_examples": transport_errors[:5],
-        "rss_mb": {"after_start": round(rss_start, 1), "after_priming": round(rss[0][1], 1),
-                   "after_warmup": round(after[0][1], 1) if after else None,
-                   "end": round(rss[-1][1], 1), "peak": round(max(v for _, v in rss), 1),
-                   "growth_after_warmup": round(rss[-1][1] - after[0][1], 1) if after else None,
-                   "slope_mb_per_min_after_warmup": round(slope, 2) if slope is not None else None,
-                   "samples": [[round(t, 1), round(v, 1)] for t, v in rss]},
+        "rss_mb": {
+            "after_start": round(rss_start, 1),
+            "after_priming": round(rss[0][1], 1),
+            "after_warmup": round(after[0][1], 1) if after else None,
+            "end": round(rss[-1][1], 1),
+            "peak": round(max(v for _, v in rss), 1),
+            "growth_after_warmup": round(rss[-1][1] - after[0][1], 1) if after else None,
+            "slope_mb_per_min_after_warmup": round(slope, 2) if slope is not None else None,
+            "samples": [[round(t, 1), round(v, 1)] for t, v in rss],
+        },
         "wall_s": round(finished - start, 2),
     }
 
@@ -246,8 +279,12 @@ def run(args: argparse.Namespace) -> dict:
             proc.kill()
             code = "killed after 30 s"
     config = {k: v for k, v in vars(args).items() if k != "out"}
-    report = {"config": config, "machine": {"cores": os.cpu_count(), "load_average_start": load_start,
-                                            "load_average_end": os.getloadavg()}, **report, "server_exit_code": code}
+    report = {
+        "config": config,
+        "machine": {"cores": os.cpu_count(), "load_average_start": load_start, "load_average_end": os.getloadavg()},
+        **report,
+        "server_exit_code": code,
+    }
     problems = []
     bad = {s: n for s, n in report["status_counts"].items() if s not in ("200", "503")}
     if bad:

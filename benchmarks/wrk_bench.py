@@ -85,17 +85,21 @@ def direct_rate(model_dir: Path, texts: list[str], threads: int, batch_size: int
         rt.predict(encoded, batch_size)
         encode_s, ort_s, passes = encode_s + middle - start, ort_s + time.perf_counter() - middle, passes + 1
     n = len(texts) * passes
-    return {"threads": threads, "texts_per_s": n / (encode_s + ort_s), "tokenize_per_s": n / encode_s,
-            "onnxruntime_per_s": n / ort_s, "passes": passes,
-            "mean_tokens": sum(e.num_tokens for e in encoded) / len(encoded)}
+    return {
+        "threads": threads,
+        "texts_per_s": n / (encode_s + ort_s),
+        "tokenize_per_s": n / encode_s,
+        "onnxruntime_per_s": n / ort_s,
+        "passes": passes,
+        "mean_tokens": sum(e.num_tokens for e in encoded) / len(encoded),
+    }
 
 
 def direct_best(model_dir: Path, texts: list[str]) -> dict:
     server_threads = int(os.environ.get("SENTIMENT_INTRA_OP_THREADS", 1)) or (os.cpu_count() or 1)
     runs = [direct_rate(model_dir, texts, t) for t in sorted({server_threads, os.cpu_count() or 1})]
     best = max(runs, key=lambda r: r["texts_per_s"])
-    return {"runs": runs, "texts_per_s": best["texts_per_s"], "threads": best["threads"],
-            "mean_tokens": best["mean_tokens"]}
+    return {"runs": runs, "texts_per_s": best["texts_per_s"], "threads": best["threads"], "mean_tokens": best["mean_tokens"]}
 
 
 # -- the server and wrk ----------------------------------------------------------------------------------------------
@@ -140,8 +144,16 @@ class Server:
     def __init__(self, model_root: Path, extra_args: list[str] | None = None):
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
-        self.args = [sys.executable, "-m", "service.server", "--port", str(self.port), "--log-level", "warning",
-                     *(extra_args if extra_args is not None else os.environ.get("BENCH_SERVER_ARGS", "").split())]
+        self.args = [
+            sys.executable,
+            "-m",
+            "service.server",
+            "--port",
+            str(self.port),
+            "--log-level",
+            "warning",
+            *(extra_args if extra_args is not None else os.environ.get("BENCH_SERVER_ARGS", "").split()),
+        ]
         self.env = {**os.environ, "SENTIMENT_MODEL_ROOT": str(model_root)}
 
     def __enter__(self) -> Server:
@@ -168,17 +180,36 @@ def wrk(url: str, bodies: Path, connections: int, seconds: float) -> dict:
     exe = shutil.which("wrk")
     if exe is None:
         raise WrkMissing("wrk is not installed: run `make bench-tools` (apt-get install wrk)")
-    cmd = [exe, "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout", "10s", "-s", str(LUA), url,
-           "--", str(bodies)]
+    cmd = [
+        exe,
+        "-t1",
+        f"-c{connections}",
+        f"-d{max(1, round(seconds))}s",
+        "--timeout",
+        "10s",
+        "-s",
+        str(LUA),
+        url,
+        "--",
+        str(bodies),
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60)
     line = next((ln for ln in done.stdout.splitlines() if ln.startswith("WRK_JSON ")), None)
     if done.returncode != 0 or line is None:
         raise RuntimeError(f"wrk failed ({done.returncode}): {done.stderr.strip() or done.stdout.strip()}")
     raw = json.loads(line.removeprefix("WRK_JSON "))
-    return {"connections": connections, "requests": raw["requests"], "seconds": raw["duration_us"] / 1e6,
-            "throughput_rps": raw["requests"] / (raw["duration_us"] / 1e6), "p50_ms": raw["p50_us"] / 1e3,
-            "p90_ms": raw["p90_us"] / 1e3, "p99_ms": raw["p99_us"] / 1e3, "max_ms": raw["max_us"] / 1e3,
-            "errors": raw["errors"], "error_count": sum(raw["errors"].values())}
+    return {
+        "connections": connections,
+        "requests": raw["requests"],
+        "seconds": raw["duration_us"] / 1e6,
+        "throughput_rps": raw["requests"] / (raw["duration_us"] / 1e6),
+        "p50_ms": raw["p50_us"] / 1e3,
+        "p90_ms": raw["p90_us"] / 1e3,
+        "p99_ms": raw["p99_us"] / 1e3,
+        "max_ms": raw["max_us"] / 1e3,
+        "errors": raw["errors"],
+        "error_count": sum(raw["errors"].values()),
+    }
 
 
 def http_loads(server: Server, model: str, loads: dict[str, list[str]], seconds: float) -> dict:
@@ -191,16 +222,25 @@ def http_loads(server: Server, model: str, loads: dict[str, list[str]], seconds:
             bodies.write_text("".join(json.dumps({"text": t, "model": model}) + "\n" for t in texts))
             wrk(url, bodies, 32, 1)  # warm-up: first-call paths, connection set-up, allocator
             out[name] = {f"c{c}": wrk(url, bodies, c, seconds) for c in CONCURRENCY}
-            print(f"  wrk {name}: " + ", ".join(f"c{c} {r['throughput_rps']:.0f} req/s p50 {r['p50_ms']:.1f} ms "
-                                               f"p99 {r['p99_ms']:.1f} ms" for c, r in
-                                               zip(CONCURRENCY, out[name].values())), file=sys.stderr)
+            print(
+                f"  wrk {name}: "
+                + ", ".join(
+                    f"c{c} {r['throughput_rps']:.0f} req/s p50 {r['p50_ms']:.1f} ms p99 {r['p99_ms']:.1f} ms"
+                    for c, r in zip(CONCURRENCY, out[name].values())
+                ),
+                file=sys.stderr,
+            )
     return out
 
 
 def run(model_root: Path, model_dir: Path, model: str, n_texts: int, seconds: float) -> dict:
     long, short, source = bench_texts(model_dir, n_texts)
-    report: dict = {"texts_source": source, "texts": len(long), "seconds_per_run": seconds,
-                    "client": "wrk -t1 (one client thread on the same machine)"}
+    report: dict = {
+        "texts_source": source,
+        "texts": len(long),
+        "seconds_per_run": seconds,
+        "client": "wrk -t1 (one client thread on the same machine)",
+    }
     # Direct before and after the HTTP runs, averaged: on a shared machine the load drifts between them.
     before = {"long": direct_best(model_dir, long), "short": direct_best(model_dir, short)}
     with Server(model_root) as server:
@@ -209,10 +249,15 @@ def run(model_root: Path, model_dir: Path, model: str, n_texts: int, seconds: fl
         report["http"] = http_loads(server, model, {"long": long, "short": short}, seconds)
         report["rss_mb_after_load"] = tree_rss_mb(server.proc.pid)
     after = {"long": direct_best(model_dir, long), "short": direct_best(model_dir, short)}
-    report["direct"] = {k: {"before": before[k], "after": after[k],
-                            "texts_per_s": (before[k]["texts_per_s"] + after[k]["texts_per_s"]) / 2} for k in before}
-    report["ratios"] = {f"{k}_c{c}": report["http"][k][f"c{c}"]["throughput_rps"] / report["direct"][k]["texts_per_s"]
-                        for k in report["http"] for c in CONCURRENCY}
+    report["direct"] = {
+        k: {"before": before[k], "after": after[k], "texts_per_s": (before[k]["texts_per_s"] + after[k]["texts_per_s"]) / 2}
+        for k in before
+    }
+    report["ratios"] = {
+        f"{k}_c{c}": report["http"][k][f"c{c}"]["throughput_rps"] / report["direct"][k]["texts_per_s"]
+        for k in report["http"]
+        for c in CONCURRENCY
+    }
     return report
 
 
@@ -224,8 +269,13 @@ def main() -> int:
     name = os.environ.get("BENCH_MODEL", "imdb-lstm")
     model_dir = next((d for d in dirs if load_manifest(d, verify=False)["name"] == name), dirs[0])
     try:
-        report = run(root, model_dir, load_manifest(model_dir, verify=False)["name"], int(os.environ.get("BENCH_TEXTS", 1000)),
-                     float(os.environ.get("BENCH_SECONDS", 8)))
+        report = run(
+            root,
+            model_dir,
+            load_manifest(model_dir, verify=False)["name"],
+            int(os.environ.get("BENCH_TEXTS", 1000)),
+            float(os.environ.get("BENCH_SECONDS", 8)),
+        )
     except WrkMissing as exc:
         print(f"wrk_bench: error: {exc}", file=sys.stderr)
         return 2

@@ -34,9 +34,11 @@ REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
 LINKED = (".venv", "examples", "exported")  # what the commands may name, linked into their scratch folder
 DECIMALS, LIST_ITEMS = 4, 3
-EXAMPLE = re.compile(r"<!-- example: (?P<name>[\w-]+) -->\n```bash\n(?P<command>.*?)```\n"
-                     r"(?:<!-- response: (?P=name) -->\n```(?P<lang>\w+)\n(?P<response>.*?)```\n<!-- /response -->\n)?",
-                     re.S)
+EXAMPLE = re.compile(
+    r"<!-- example: (?P<name>[\w-]+) -->\n```bash\n(?P<command>.*?)```\n"
+    r"(?:<!-- response: (?P=name) -->\n```(?P<lang>\w+)\n(?P<response>.*?)```\n<!-- /response -->\n)?",
+    re.S,
+)
 
 
 @dataclass
@@ -49,8 +51,9 @@ class Example:
 
 
 def examples(text: str) -> list[Example]:
-    found = [Example(m["name"], m["command"], m["response"], m["lang"] or "json", m.span("response"))
-             for m in EXAMPLE.finditer(text)]
+    found = [
+        Example(m["name"], m["command"], m["response"], m["lang"] or "json", m.span("response")) for m in EXAMPLE.finditer(text)
+    ]
     names = [e.name for e in found]
     duplicated = {n for n in names if names.count(n) > 1}
     if duplicated:
@@ -93,14 +96,12 @@ def render(output: str) -> str:
     """Command output as shown: each JSON value rounded and cut, on one line (indented when it is the only one)."""
     found = values(output)
     indent = 2 if len(found) == 1 and isinstance(found[0], (dict, list)) else None
-    return "\n".join(v if isinstance(v, str) else json.dumps(shown(v), ensure_ascii=False, indent=indent)
-                     for v in found) + "\n"
+    return "\n".join(v if isinstance(v, str) else json.dumps(shown(v), ensure_ascii=False, indent=indent) for v in found) + "\n"
 
 
 def run(example: Example, base_url: str, workdir: Path) -> str:
     command = example.command.replace("localhost:8000", base_url.removeprefix("http://"))
-    done = subprocess.run(["bash", "-euo", "pipefail", "-c", command], cwd=workdir, capture_output=True, text=True,
-                          timeout=120)
+    done = subprocess.run(["bash", "-euo", "pipefail", "-c", command], cwd=workdir, capture_output=True, text=True, timeout=120)
     if done.returncode != 0:
         raise RuntimeError(f"README example {example.name!r} exited {done.returncode}: {done.stderr.strip()[-500:]}")
     return done.stdout
@@ -123,8 +124,11 @@ def shipped_server(model_root: Path = REPO / "exported") -> Iterator[str]:
     env = {**os.environ, "SENTIMENT_WORKERS": "1"}
     for name in ("SENTIMENT_API_KEYS", "SENTIMENT_MODEL_ROOT", "SENTIMENT_DEFAULT_MODEL"):
         env.pop(name, None)
-    proc = subprocess.Popen([sys.executable, "-m", "service.server", "--port", str(port), "--model-dir", str(model_root),
-                             "--log-level", "warning"], cwd=REPO, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service.server", "--port", str(port), "--model-dir", str(model_root), "--log-level", "warning"],
+        cwd=REPO,
+        env=env,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120

@@ -58,8 +58,7 @@ class PageMount(Mount):
         return super().matches(scope)
 
 
-def create_app(settings: Settings | None = None, registry: ModelRegistry | None = None,
-               tracer_provider=None) -> FastAPI:
+def create_app(settings: Settings | None = None, registry: ModelRegistry | None = None, tracer_provider=None) -> FastAPI:
     """The app; `registry` lets a caller that already loaded the models (sentiment-serve) skip loading them again.
     Tracing (service/tracing.py) is on with `tracer_provider`, or when the OTEL_* variables ask for it."""
     settings = settings or Settings()
@@ -86,9 +85,15 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
                 provider.shutdown()  # exports the spans still buffered
             state.tokenizer_pool.shutdown(wait=False)
 
-    app = FastAPI(title="IMDB sentiment service", version="1.0.0", lifespan=lifespan, docs_url=None, redoc_url=None,
-                  description="Scores review text with an LSTM/GRU classifier (onnxruntime), with optional per-token "
-                              "diagnostics of the recurrent state. Errors: `{\"error\": {\"code\", \"message\"}}`.")
+    app = FastAPI(
+        title="IMDB sentiment service",
+        version="1.0.0",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        description="Scores review text with an LSTM/GRU classifier (onnxruntime), with optional per-token "
+        'diagnostics of the recurrent state. Errors: `{"error": {"code", "message"}}`.',
+    )
     app.state.service = state
     errors.install(app)
     routers = (sentiment, models, admin, health, v2, tei)
@@ -99,14 +104,26 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     if STATIC_DIR.is_dir():
         app.router.routes.append(PageMount(StaticFiles(directory=STATIC_DIR, html=True), list(app.router.routes)))
     # add_middleware puts each new one outside the previous: the body limit runs innermost, CORS outermost.
-    app.add_middleware(errors.BodyLimitMiddleware, max_bytes=settings.max_body_bytes, api_keys=settings.api_keys,
-                       budget=BodyBudget(settings.max_buffered_body_bytes), retry_after_s=settings.retry_after_s)
+    app.add_middleware(
+        errors.BodyLimitMiddleware,
+        max_bytes=settings.max_body_bytes,
+        api_keys=settings.api_keys,
+        budget=BodyBudget(settings.max_buffered_body_bytes),
+        retry_after_s=settings.retry_after_s,
+    )
     app.add_middleware(errors.CatchAllMiddleware)
-    app.add_middleware(MetricsMiddleware, metrics=state.metrics, known_paths=frozenset(
-        route.path for module in routers for route in module.router.routes if route.path != "/"))
+    app.add_middleware(
+        MetricsMiddleware,
+        metrics=state.metrics,
+        known_paths=frozenset(route.path for module in routers for route in module.router.routes if route.path != "/"),
+    )
     if settings.cors_origins:
-        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
-                           allow_headers=["content-type", "authorization", "x-api-key"])
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["content-type", "authorization", "x-api-key"],
+        )
     app.add_middleware(SecurityHeadersMiddleware)  # outermost: every response gets the headers, CORS's too
     if provider is not None:
         batch_tracer = tracing.instrument(app, provider)

@@ -63,8 +63,9 @@ def load_manifest(directory: str | Path, verify: bool = True) -> dict:
     if not isinstance(manifest, dict):
         raise ArtifactError(f"{path}: not a manifest object")
     if manifest.get("schema_version") != SUPPORTED_SCHEMA:
-        raise ArtifactError(f"{path}: unsupported schema_version {manifest.get('schema_version')!r} "
-                            f"(this service reads {SUPPORTED_SCHEMA})")
+        raise ArtifactError(
+            f"{path}: unsupported schema_version {manifest.get('schema_version')!r} (this service reads {SUPPORTED_SCHEMA})"
+        )
     try:
         Manifest.model_validate(manifest)
     except ValidationError as exc:

@@ -28,7 +28,7 @@ def key_matches(presented: str, keys: list[str]) -> bool:
 
 
 def key_verdict(headers: Mapping[str, str], keys: list[str]) -> str:
-    """"ok" (a valid key, or no keys configured), "missing" or "invalid"."""
+    """ "ok" (a valid key, or no keys configured), "missing" or "invalid"."""
     if not keys:
         return "ok"
     presented = presented_key(headers)

@@ -87,8 +87,16 @@ def plan_calls(items: list[tuple[int, int]], max_items: int, max_tokens: int) ->
 class MicroBatcher:
     tracer = None  # a service.tracing.BatchTracer when tracing is on; None costs one test per job and call
 
-    def __init__(self, runtime: ModelRuntime, *, max_items: int, max_tokens: int, max_wait_ms: float,
-                 queue_size: int, metrics: Metrics | None = None):
+    def __init__(
+        self,
+        runtime: ModelRuntime,
+        *,
+        max_items: int,
+        max_tokens: int,
+        max_wait_ms: float,
+        queue_size: int,
+        metrics: Metrics | None = None,
+    ):
         self.runtime = runtime
         self.max_items, self.max_tokens = max_items, max_tokens
         self.max_wait = max_wait_ms / 1000
@@ -153,8 +161,10 @@ class MicroBatcher:
         # A job bigger than the whole queue (a batch request over `queue_size` texts) gets in when nothing waits:
         # refusing it "until the queue drains" would refuse it forever.
         if self._waiting and self._waiting + len(encoded) > self.queue_size:
-            raise QueueFull(f"too many texts waiting ({self._waiting} texts are already waiting (queue size "
-                            f"{self.queue_size})); retry shortly")
+            raise QueueFull(
+                f"too many texts waiting ({self._waiting} texts are already waiting (queue size "
+                f"{self.queue_size})); retry shortly"
+            )
         job = _Job(encoded, asyncio.get_running_loop().create_future(), remaining=len(encoded))
         if self.tracer is not None:
             job.trace = self.tracer.submitted(self.runtime, encoded)
@@ -172,14 +182,16 @@ class MicroBatcher:
                 pass
             raise
 
-    async def diagnose(self, text: str, enc: Encoded, include_hidden: bool, attribution: bool,
-                       max_hidden_values: int) -> tuple[np.ndarray, dict]:
+    async def diagnose(
+        self, text: str, enc: Encoded, include_hidden: bool, attribution: bool, max_hidden_values: int
+    ) -> tuple[np.ndarray, dict]:
         """One text through the diagnostics graph, in a worker thread of the shared pool. A text already in a thread
         cannot be interrupted: cancelling waits for it, so `in_flight` never undercounts the work really running."""
         if not self.running:
             raise BatcherStopped("the model worker is not running")
-        call = asyncio.get_running_loop().run_in_executor(None, self.runtime.diagnose, text, enc, include_hidden,
-                                                          attribution, max_hidden_values)
+        call = asyncio.get_running_loop().run_in_executor(
+            None, self.runtime.diagnose, text, enc, include_hidden, attribution, max_hidden_values
+        )
         self._diagnosing += 1
         try:
             return await asyncio.shield(call)
@@ -265,8 +277,14 @@ class MicroBatcher:
             ended = time.perf_counter()
             self._record(encoded, ended - started)
             if self.tracer is not None:
-                self.tracer.inferred([jobs[j].trace for j in dict.fromkeys(j for j, _ in live)], started, ended,
-                                     self.runtime, len(encoded), sum(e.num_tokens for e in encoded))
+                self.tracer.inferred(
+                    [jobs[j].trace for j in dict.fromkeys(j for j, _ in live)],
+                    started,
+                    ended,
+                    self.runtime,
+                    len(encoded),
+                    sum(e.num_tokens for e in encoded),
+                )
             for row, (j, i) in enumerate(live):
                 job = jobs[j]
                 job.probs[i] = probs[row]

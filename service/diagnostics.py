@@ -45,8 +45,14 @@ class ModelFacts:
 
     @classmethod
     def from_manifest(cls, manifest: dict, id_to_token: Callable[[int], str | None], unk_id: int) -> ModelFacts:
-        return cls(id_to_token, unk_id, list(manifest["labels"]).index("positive"), manifest["model"].get("cell"),
-                   tuple(manifest["model"].get("gates", [])), dict(manifest.get("diagnostics") or {}))
+        return cls(
+            id_to_token,
+            unk_id,
+            list(manifest["labels"]).index("positive"),
+            manifest["model"].get("cell"),
+            tuple(manifest["model"].get("gates", [])),
+            dict(manifest.get("diagnostics") or {}),
+        )
 
 
 def _r(values: np.ndarray, digits: int = 6) -> list:
@@ -68,9 +74,14 @@ def _layer_reports(outputs: dict, n: int, gate_names: list[str]) -> tuple[list[d
             h = hidden[:, d]
             zeros = np.zeros_like(h[:1])
             prev = np.concatenate([zeros, h[:-1]]) if d == 0 else np.concatenate([h[1:], zeros])
-            entry = {"layer": layer, "direction": "forward" if d == 0 else "backward",
-                     "hidden_norm": _r(np.linalg.norm(h, axis=1)), "delta_norm": _r(np.linalg.norm(h - prev, axis=1)),
-                     "gate_mean": {}, "gate_saturation": {}}
+            entry = {
+                "layer": layer,
+                "direction": "forward" if d == 0 else "backward",
+                "hidden_norm": _r(np.linalg.norm(h, axis=1)),
+                "delta_norm": _r(np.linalg.norm(h - prev, axis=1)),
+                "gate_mean": {},
+                "gate_saturation": {},
+            }
             if gates is not None and picked:
                 g = gates[0, :n, d][:, idx]  # [n, G', H]
                 means = g.mean(axis=2)  # [n, G']
@@ -100,19 +111,38 @@ def _hidden(outputs: dict, n: int, cap: int) -> dict:
             units = np.sort(np.argsort(-h.std(axis=0), kind="stable")[:per_block])
         values = h[:, units]
         total += values.size
-        layers.append({"layer": layer, "direction": "forward" if d == 0 else "backward", "units": units.tolist(),
-                       "size": int(h.shape[1]), "values": _r(values, 4)})
+        layers.append(
+            {
+                "layer": layer,
+                "direction": "forward" if d == 0 else "backward",
+                "units": units.tolist(),
+                "size": int(h.shape[1]),
+                "values": _r(values, 4),
+            }
+        )
     return {"layers": layers, "capped": any(len(x["units"]) < x["size"] for x in layers), "max_values": cap}
 
 
 def _top(tokens: list[dict], values: np.ndarray, positive: bool) -> list[dict]:
     order = np.argsort(-values if positive else values, kind="stable")[:TOP_TOKENS]
-    return [{"index": int(i), "text": tokens[i]["text"], "contribution": tokens[i]["contribution"]}
-            for i in order if (values[i] > 0 if positive else values[i] < 0)]
+    return [
+        {"index": int(i), "text": tokens[i]["text"], "contribution": tokens[i]["contribution"]}
+        for i in order
+        if (values[i] > 0 if positive else values[i] < 0)
+    ]
 
 
-def build(model: ModelFacts, text: str, enc, outputs: dict, include_hidden: bool, max_hidden_values: int,
-          occlusion: np.ndarray | None, final_logodds: float, attribution: bool = False) -> dict:
+def build(
+    model: ModelFacts,
+    text: str,
+    enc,
+    outputs: dict,
+    include_hidden: bool,
+    max_hidden_values: int,
+    occlusion: np.ndarray | None,
+    final_logodds: float,
+    attribution: bool = False,
+) -> dict:
     """The report (shape: `schemas.DiagnosticsReport`) for one text. `enc`: its `Encoded` tokens; `outputs`: the
     diagnostics graph's outputs by name; `occlusion`: log-odds with each token masked (None when not computed),
     reported as `attribution` when `attribution` is asked for."""
@@ -122,29 +152,46 @@ def build(model: ModelFacts, text: str, enc, outputs: dict, include_hidden: bool
     final = float(outputs["probabilities"][0, model.positive])
     ids = enc.ids.tolist()
     words = [model.id_to_token(tid) for tid in ids]
-    tokens = [{"index": i, "text": text[start:end], "start": start, "end": end, "id": tid, "token": word,
-               "unknown": tid == unk}
-              for i, ((start, end), tid, word) in enumerate(zip(enc.offsets, ids, words))]
+    tokens = [
+        {"index": i, "text": text[start:end], "start": start, "end": end, "id": tid, "token": word, "unknown": tid == unk}
+        for i, ((start, end), tid, word) in enumerate(zip(enc.offsets, ids, words))
+    ]
     occ = None if occlusion is None else final_logodds - occlusion[:n].astype(np.float64)
     summary: dict = {"final_score": round(final, 6), "final_logodds": round(final_logodds, 6)}
     if exact:
         running = outputs["running_positive"][0, :n].astype(np.float64)
         contrib = outputs["contribution"][0, :n].astype(np.float64)
-        columns = {"running_score": _r(running), "running_logodds": _r(outputs["running_logodds"][0, :n]),
-                   "score_delta": _r(running - np.concatenate([[0.5], running[:-1]])), "contribution": _r(contrib)}
-        summary.update(running_score_method="exact",
-                       contribution_method=model.contract.get("contribution", "state_change"),
-                       contribution_baseline=round(float(outputs["contribution_baseline"][0]), 6))
+        columns = {
+            "running_score": _r(running),
+            "running_logodds": _r(outputs["running_logodds"][0, :n]),
+            "score_delta": _r(running - np.concatenate([[0.5], running[:-1]])),
+            "contribution": _r(contrib),
+        }
+        summary.update(
+            running_score_method="exact",
+            contribution_method=model.contract.get("contribution", "state_change"),
+            contribution_baseline=round(float(outputs["contribution_baseline"][0]), 6),
+        )
     else:
         contrib = occ
-        columns = {"running_score": [None] * n, "running_logodds": [None] * n, "score_delta": [None] * n,
-                   "contribution": [None] * n if occ is None else _r(occ)}
-        summary.update(running_score_method=None, running_score_note=model.contract.get(
-            "note", "bidirectional encoder: no prefix reading exists (the backward half reads the whole text first)"),
-            contribution_method=None if occ is None else "occlusion")
+        columns = {
+            "running_score": [None] * n,
+            "running_logodds": [None] * n,
+            "score_delta": [None] * n,
+            "contribution": [None] * n if occ is None else _r(occ),
+        }
+        summary.update(
+            running_score_method=None,
+            running_score_note=model.contract.get(
+                "note", "bidirectional encoder: no prefix reading exists (the backward half reads the whole text first)"
+            ),
+            contribution_method=None if occ is None else "occlusion",
+        )
         if occ is None:
-            summary["contribution_note"] = (f"occlusion contributions cost one model run per token; this text has {n} "
-                                            f"tokens, over the limit of {OCCLUSION_MAX_TOKENS}")
+            summary["contribution_note"] = (
+                f"occlusion contributions cost one model run per token; this text has {n} "
+                f"tokens, over the limit of {OCCLUSION_MAX_TOKENS}"
+            )
     for name, values in columns.items():
         for row, value in zip(tokens, values):
             row[name] = value
@@ -156,7 +203,10 @@ def build(model: ModelFacts, text: str, enc, outputs: dict, include_hidden: bool
     summary.update(
         top_positive=[] if contrib is None else _top(tokens, contrib, True),
         top_negative=[] if contrib is None else _top(tokens, contrib, False),
-        unknown_share=round(float(np.mean(enc.ids == unk)) if n else 0.0, 6), gate_mean={}, gate_saturation={})
+        unknown_share=round(float(np.mean(enc.ids == unk)) if n else 0.0, 6),
+        gate_mean={},
+        gate_saturation={},
+    )
     for name, per_block in overall.items():
         summary["gate_mean"][name] = round(float(np.mean([m for m, _ in per_block])), 6)
         summary["gate_saturation"][name] = round(float(np.mean([sat for _, sat in per_block])), 6)
@@ -164,8 +214,13 @@ def build(model: ModelFacts, text: str, enc, outputs: dict, include_hidden: bool
     for name in ("forget", "update"):
         if name in summary["gate_mean"]:
             summary[f"mean_{name}_gate"] = summary["gate_mean"][name]
-    report = {"cell": model.cell, "gates": [g for g in gate_names if g in REPORTED_GATES],
-              "tokens": tokens, "layers": layers, "summary": summary}
+    report = {
+        "cell": model.cell,
+        "gates": [g for g in gate_names if g in REPORTED_GATES],
+        "tokens": tokens,
+        "layers": layers,
+        "summary": summary,
+    }
     if include_hidden:
         report["hidden"] = _hidden(outputs, n, max_hidden_values)
     return report

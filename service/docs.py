@@ -24,11 +24,14 @@ def install(app: FastAPI) -> None:
     @app.get("/docs", include_in_schema=False)
     async def swagger_ui(request: Request) -> HTMLResponse:
         root = request.scope.get("root_path", "")
-        return get_swagger_ui_html(openapi_url=f"{root}{app.openapi_url}", title=title,
-                                   swagger_js_url=f"{root}{ASSETS}/swagger-ui-bundle.js",
-                                   swagger_css_url=f"{root}{ASSETS}/swagger-ui.css",
-                                   swagger_favicon_url=f"{root}{ASSETS}/favicon.png",
-                                   oauth2_redirect_url=f"{root}/docs/oauth2-redirect")
+        return get_swagger_ui_html(
+            openapi_url=f"{root}{app.openapi_url}",
+            title=title,
+            swagger_js_url=f"{root}{ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}{ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{root}{ASSETS}/favicon.png",
+            oauth2_redirect_url=f"{root}/docs/oauth2-redirect",
+        )
 
     @app.get("/docs/oauth2-redirect", include_in_schema=False)
     async def swagger_ui_redirect() -> HTMLResponse:

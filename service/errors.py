@@ -21,8 +21,16 @@ log = logging.getLogger("sentiment.errors")
 
 # Custom validation error types raised by the schemas; they become the error code as they are.
 SCHEMA_CODES = {"empty_text", "invalid_text"}
-_HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
-               413: "too_large", 415: "unsupported_media_type", 503: "unavailable"}
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "too_large",
+    415: "unsupported_media_type",
+    503: "unavailable",
+}
 
 
 class ApiError(Exception):
@@ -35,8 +43,14 @@ class ApiError(Exception):
 
 # The core's errors as HTTP statuses; 503s also get Retry-After. First match wins (subclasses before their bases).
 STATUS: dict[type[ex.ServiceError], int] = {
-    ex.UnknownModel: 404, ex.NoTokens: 422, ex.TextTooLong: 413, ex.BatchTooLarge: 413, ex.TooManyTokens: 413,
-    ex.Overloaded: 503, ex.NotReady: 503, ex.ClientGone: 499,
+    ex.UnknownModel: 404,
+    ex.NoTokens: 422,
+    ex.TextTooLong: 413,
+    ex.BatchTooLarge: 413,
+    ex.TooManyTokens: 413,
+    ex.Overloaded: 503,
+    ex.NotReady: 503,
+    ex.ClientGone: 499,
 }
 
 
@@ -151,8 +165,7 @@ class CatchAllMiddleware:
             log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
             if started:  # headers are out: all we can do is drop the connection
                 raise
-            await error_response(500, "internal_error", "internal server error (logged on the server)")(
-                scope, receive, send)
+            await error_response(500, "internal_error", "internal server error (logged on the server)")(scope, receive, send)
 
 
 class BodyLimitMiddleware:
@@ -167,8 +180,9 @@ class BodyLimitMiddleware:
     Bodies within the limits are buffered (they are small) and replayed to the app. A client that leaves mid-body
     gets no answer (the metrics count it as 499)."""
 
-    def __init__(self, app, max_bytes: int, budget: BodyBudget | None = None, api_keys: list[str] | None = None,
-                 retry_after_s: int = 1):
+    def __init__(
+        self, app, max_bytes: int, budget: BodyBudget | None = None, api_keys: list[str] | None = None, retry_after_s: int = 1
+    ):
         self.app, self.max_bytes, self.api_keys, self.retry_after_s = app, max_bytes, list(api_keys or []), retry_after_s
         self.budget = budget or BodyBudget(max_bytes)
 
@@ -190,18 +204,29 @@ class BodyLimitMiddleware:
             while True:
                 message = await receive()
                 if message["type"] == "http.disconnect":
-                    log.info("%s %s: the client left before its request body was complete (%d bytes received)",
-                             scope["method"], scope["path"], len(body))
+                    log.info(
+                        "%s %s: the client left before its request body was complete (%d bytes received)",
+                        scope["method"],
+                        scope["path"],
+                        len(body),
+                    )
                     return  # nothing to answer
                 chunk = message.get("body", b"")
                 if len(body) + len(chunk) > self.max_bytes:
                     return await self._refuse(scope, receive, send, f"more than {len(body) + len(chunk)} bytes sent")
                 if not self.budget.take(len(chunk)):
-                    log.warning("request bodies in flight reached the %d-byte budget; refusing %s %s",
-                                self.budget.max_bytes, scope["method"], scope["path"])
-                    return await error_response(503, "overloaded", "too many request bodies in flight; retry shortly",
-                                                {"Retry-After": str(self.retry_after_s), "Connection": "close"})(
-                        scope, receive, send)
+                    log.warning(
+                        "request bodies in flight reached the %d-byte budget; refusing %s %s",
+                        self.budget.max_bytes,
+                        scope["method"],
+                        scope["path"],
+                    )
+                    return await error_response(
+                        503,
+                        "overloaded",
+                        "too many request bodies in flight; retry shortly",
+                        {"Retry-After": str(self.retry_after_s), "Connection": "close"},
+                    )(scope, receive, send)
                 held += len(chunk)
                 body += chunk
                 if not message.get("more_body", False):
@@ -221,8 +246,12 @@ class BodyLimitMiddleware:
             self.budget.give_back(held)
 
     async def _refuse(self, scope, receive, send, what: str):
-        response = error_response(413, "body_too_large", f"request body too large ({what}; the limit is "
-                                                         f"{self.max_bytes} bytes)", {"Connection": "close"})
+        response = error_response(
+            413,
+            "body_too_large",
+            f"request body too large ({what}; the limit is {self.max_bytes} bytes)",
+            {"Connection": "close"},
+        )
         await response(scope, receive, send)
 
 

@@ -53,8 +53,10 @@ class _Refused(Exception):
 def raw_error(status: int, code: str, message: str) -> bytes:
     """A complete HTTP/1.1 response in the one error shape, closing the connection (written before any app runs)."""
     body = json.dumps({"error": {"code": code, "message": message}}).encode()
-    head = (b"content-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n"
-            b"x-content-type-options: nosniff\r\n\r\n" % len(body))
+    head = (
+        b"content-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n"
+        b"x-content-type-options: nosniff\r\n\r\n" % len(body)
+    )
     return STATUS_LINE[status] + head + body
 
 
@@ -181,8 +183,13 @@ def protocol_class(limits: HttpLimits) -> type[LimitedHttpToolsProtocol]:
 def uvicorn_config(app, settings: Settings, **kwargs) -> uvicorn.Config:
     """uvicorn's config for this service: the limited httptools protocol, no WebSocket support, the idle keep-alive
     timeout from the settings. `sentiment-serve` and the reliability tests' live servers both use it."""
-    return uvicorn.Config(app, http=protocol_class(HttpLimits.from_settings(settings)), ws="none",
-                          timeout_keep_alive=settings.keep_alive_s, **kwargs)
+    return uvicorn.Config(
+        app,
+        http=protocol_class(HttpLimits.from_settings(settings)),
+        ws="none",
+        timeout_keep_alive=settings.keep_alive_s,
+        **kwargs,
+    )
 
 
 class BodyBudget:

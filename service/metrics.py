@@ -40,23 +40,51 @@ class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
         self.requests = Counter("sentiment_requests_total", "HTTP requests", ["route", "method", "status"], registry=r)
-        self.latency = Histogram("sentiment_request_duration_seconds", "HTTP request latency",
-                                 ["route", "method", "status"], buckets=LATENCY_BUCKETS, registry=r)
-        self.batch_size = Histogram("sentiment_batch_size", "texts per onnxruntime call", ["model", "provider"],
-                                    buckets=BATCH_BUCKETS, registry=r)
-        self.inference = Histogram("sentiment_inference_seconds", "duration of one onnxruntime call",
-                                   ["model", "provider"], buckets=LATENCY_BUCKETS, registry=r)
-        self.queue_wait = Histogram("sentiment_queue_wait_seconds", "time a text waited before its onnxruntime call",
-                                    ["model"], buckets=WAIT_BUCKETS, registry=r)
-        self.queue_depth = Gauge("sentiment_queue_depth", "texts waiting for the model", ["model"], registry=r,
-                                 multiprocess_mode="livesum")
+        self.latency = Histogram(
+            "sentiment_request_duration_seconds",
+            "HTTP request latency",
+            ["route", "method", "status"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "sentiment_batch_size", "texts per onnxruntime call", ["model", "provider"], buckets=BATCH_BUCKETS, registry=r
+        )
+        self.inference = Histogram(
+            "sentiment_inference_seconds",
+            "duration of one onnxruntime call",
+            ["model", "provider"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            "sentiment_queue_wait_seconds",
+            "time a text waited before its onnxruntime call",
+            ["model"],
+            buckets=WAIT_BUCKETS,
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            "sentiment_queue_depth", "texts waiting for the model", ["model"], registry=r, multiprocess_mode="livesum"
+        )
         self.tokens = Counter("sentiment_tokens_scored_total", "tokens scored", ["model", "provider"], registry=r)
-        self.score = Histogram("sentiment_score", "P(positive) per scored text (drift signal)", ["model"],
-                               buckets=SHARE_BUCKETS, registry=r)
-        self.unknown_share = Histogram("sentiment_unknown_token_share", "share of [UNK] tokens per text (drift signal)",
-                                       ["model"], buckets=(0.0, 0.01, 0.02, 0.05) + SHARE_BUCKETS, registry=r)
-        self.model_info = _InfoGauge("sentiment_model_info", "loaded models and the execution provider they run on",
-                                     ["model", "version", "provider"], registry=r, multiprocess_mode="livemax")
+        self.score = Histogram(
+            "sentiment_score", "P(positive) per scored text (drift signal)", ["model"], buckets=SHARE_BUCKETS, registry=r
+        )
+        self.unknown_share = Histogram(
+            "sentiment_unknown_token_share",
+            "share of [UNK] tokens per text (drift signal)",
+            ["model"],
+            buckets=(0.0, 0.01, 0.02, 0.05) + SHARE_BUCKETS,
+            registry=r,
+        )
+        self.model_info = _InfoGauge(
+            "sentiment_model_info",
+            "loaded models and the execution provider they run on",
+            ["model", "version", "provider"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
 
     def observe_text(self, model: str, score: float, unknown_share: float) -> None:
         self.score.labels(model).observe(score)

@@ -48,8 +48,9 @@ class ServeOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    model_root: str | None = Field(None, description="artifact directory or folder of them (default: "
-                                                      "SENTIMENT_MODEL_ROOT, else exported/)")
+    model_root: str | None = Field(
+        None, description="artifact directory or folder of them (default: SENTIMENT_MODEL_ROOT, else exported/)"
+    )
     min_replicas: int = Field(1, ge=0)
     max_replicas: int = Field(4, ge=1)
     # In-flight requests per replica the autoscaler aims for: about one full batch's worth of single texts.
@@ -97,16 +98,23 @@ class SentimentDeployment:
         encoded = await asyncio.to_thread(rt.encode, texts, truncate)
         for enc, name in zip(encoded, where):
             if enc.num_tokens == 0:
-                raise errors.ApiError(422, "no_tokens", f"{name} has nothing to score after cleaning (only markup or "
-                                                        "spaces?)")
+                raise errors.ApiError(422, "no_tokens", f"{name} has nothing to score after cleaning (only markup or spaces?)")
         return encoded
 
-    async def _results(self, rt: ModelRuntime, texts: list[str], encoded: list[Encoded], diagnostics: bool,
-                       include_hidden: bool = False, attribution: bool = False) -> list[dict]:
+    async def _results(
+        self,
+        rt: ModelRuntime,
+        texts: list[str],
+        encoded: list[Encoded],
+        diagnostics: bool,
+        include_hidden: bool = False,
+        attribution: bool = False,
+    ) -> list[dict]:
         if diagnostics:  # the diagnostics graph, as the HTTP service runs it: outside the batch, in a thread
             cap = self.settings.max_hidden_values
-            scored = await asyncio.to_thread(lambda: [rt.diagnose(t, e, include_hidden, attribution, cap)
-                                                      for t, e in zip(texts, encoded)])
+            scored = await asyncio.to_thread(
+                lambda: [rt.diagnose(t, e, include_hidden, attribution, cap) for t, e in zip(texts, encoded)]
+            )
         else:
             try:
                 probs = await asyncio.gather(*(self._score((rt.name, e)) for e in encoded))
@@ -118,8 +126,13 @@ class SentimentDeployment:
             results.append(self.state.result(rt, enc, probs, report))  # the fields /v1 answers, trust included
         return results
 
-    @api.post("/v1/sentiment", response_model=SentimentResponse, response_model_exclude_none=True, responses=ERRORS,
-              summary="Score one review")
+    @api.post(
+        "/v1/sentiment",
+        response_model=SentimentResponse,
+        response_model_exclude_none=True,
+        responses=ERRORS,
+        summary="Score one review",
+    )
     async def sentiment(self, body: SentimentRequest, request: Request, response: Response) -> dict:
         state = self.state
         require_api_key(request, state)
@@ -130,8 +143,13 @@ class SentimentDeployment:
         response.headers["X-Replica"] = self.replica
         return (await self._results(rt, [body.text], encoded, diagnostics, body.include_hidden, body.attribution))[0]
 
-    @api.post("/v1/sentiment/batch", response_model=BatchResponse, response_model_exclude_none=True,
-              responses=ERRORS, summary="Score many reviews together")
+    @api.post(
+        "/v1/sentiment/batch",
+        response_model=BatchResponse,
+        response_model_exclude_none=True,
+        responses=ERRORS,
+        summary="Score many reviews together",
+    )
     async def sentiment_batch(self, body: BatchRequest, request: Request, response: Response) -> dict:
         state = self.state
         require_api_key(request, state)
@@ -189,9 +207,12 @@ def build(args: dict | None = None) -> Application:
         health_check_period_s=options.health_check_period_s,
         # sentiment-serve's drain: in-flight requests get up to 10 s when a replica is stopped.
         graceful_shutdown_timeout_s=10,
-        autoscaling_config={"min_replicas": options.min_replicas, "max_replicas": options.max_replicas,
-                            "initial_replicas": max(options.min_replicas, 1),
-                            "target_ongoing_requests": options.target_ongoing_requests},
+        autoscaling_config={
+            "min_replicas": options.min_replicas,
+            "max_replicas": options.max_replicas,
+            "initial_replicas": max(options.min_replicas, 1),
+            "target_ongoing_requests": options.target_ongoing_requests,
+        },
     )
     return deployment.bind(options.model_root, options.max_batch_size, options.batch_wait_timeout_s)
 

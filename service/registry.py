@@ -25,12 +25,13 @@ class ModelRegistry:
         self.runtimes: dict[str, ModelRuntime] = {}
         for rt in runtimes:
             if rt.name in self.runtimes:
-                raise ArtifactError(f"{rt.directory / 'manifest.json'}: model name {rt.name!r} is already served "
-                                    f"from {self.runtimes[rt.name].directory}")
+                raise ArtifactError(
+                    f"{rt.directory / 'manifest.json'}: model name {rt.name!r} is already served "
+                    f"from {self.runtimes[rt.name].directory}"
+                )
             self.runtimes[rt.name] = rt
         if default is not None and default not in self.runtimes:
-            raise ArtifactError(f"default model {default!r} is not among the loaded models "
-                                f"({', '.join(self.runtimes)})")
+            raise ArtifactError(f"default model {default!r} is not among the loaded models ({', '.join(self.runtimes)})")
         # The shipped default (exported/imdb-lstm) when present and no default is configured, else the first by name.
         self.default = default or (DEFAULT_MODEL_NAME if DEFAULT_MODEL_NAME in self.runtimes else min(self.runtimes))
 
@@ -57,16 +58,21 @@ class ModelRegistry:
     @staticmethod
     def load_one(directory, settings: Settings) -> ModelRuntime:
         """One artifact directory, verified (checksums, tokenizer vs model, a warm-up inference) as at start-up."""
-        return ModelRuntime(directory, providers=settings.providers or None, intra_op_threads=settings.intra_op_threads,
-                            inter_op_threads=settings.inter_op_threads)
+        return ModelRuntime(
+            directory,
+            providers=settings.providers or None,
+            intra_op_threads=settings.intra_op_threads,
+            inter_op_threads=settings.inter_op_threads,
+        )
 
     @classmethod
     def load(cls, settings: Settings) -> ModelRegistry:
         runtimes = [cls.load_one(directory, settings) for directory in discover(settings.model_root)]
         registry = cls(runtimes, settings.default_model)
         for rt in registry:
-            log.info("serving %s %s on %s%s", rt.name, rt.version, rt.provider,
-                     " (default)" if rt.name == registry.default else "")
+            log.info(
+                "serving %s %s on %s%s", rt.name, rt.version, rt.provider, " (default)" if rt.name == registry.default else ""
+            )
         return registry
 
     def __iter__(self):

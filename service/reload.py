@@ -41,8 +41,14 @@ RETIRE_GRACE_S = 5.0
 def start_batcher(state: ServiceState, rt, tracer) -> MicroBatcher:
     """The model's micro-batcher, started (at start-up and on every reload)."""
     s = state.settings
-    batcher = MicroBatcher(rt, max_items=s.max_batch_items, max_tokens=s.max_batch_tokens, max_wait_ms=s.max_wait_ms,
-                           queue_size=s.queue_size, metrics=state.metrics)
+    batcher = MicroBatcher(
+        rt,
+        max_items=s.max_batch_items,
+        max_tokens=s.max_batch_tokens,
+        max_wait_ms=s.max_wait_ms,
+        queue_size=s.queue_size,
+        metrics=state.metrics,
+    )
     batcher.tracer = tracer
     batcher.start()
     return batcher
@@ -57,8 +63,12 @@ class Reloader:
         self.state, self.tracer = state, tracer
         self._lock = asyncio.Lock()  # one reload at a time: two would race to replace the same model
         self._tasks: set[asyncio.Task] = set()
-        self.reloads = Counter("sentiment_model_reloads_total", "hot reloads of a model by outcome",
-                               ["model", "outcome"], registry=state.metrics.registry)
+        self.reloads = Counter(
+            "sentiment_model_reloads_total",
+            "hot reloads of a model by outcome",
+            ["model", "outcome"],
+            registry=state.metrics.registry,
+        )
 
     # -- triggers ------------------------------------------------------------------------------------------------
     def install_sighup(self) -> bool:
@@ -111,8 +121,9 @@ class Reloader:
                     refused.append(self._refuse(path, name, " ".join(str(exc).split())))
                     continue
                 previous = await self._swap(rt)
-                report["loaded"].append({"name": rt.name, "version": rt.version, "directory": str(path),
-                                         "previous_version": previous})
+                report["loaded"].append(
+                    {"name": rt.name, "version": rt.version, "directory": str(path), "previous_version": previous}
+                )
             if refused:
                 raise ReloadError("; ".join(refused))
             return report
@@ -144,8 +155,10 @@ class Reloader:
             for name, paths in claims.items():
                 if len(paths) > 1:
                     for path in paths:
-                        found[path] = (f"model {name!r} is claimed by {len(paths)} directories "
-                                       f"({', '.join(map(str, paths))}); reload one with the admin route's `directory`")
+                        found[path] = (
+                            f"model {name!r} is claimed by {len(paths)} directories "
+                            f"({', '.join(map(str, paths))}); reload one with the admin route's `directory`"
+                        )
         return found
 
     def _refuse(self, path: Path, name: str | None, why: str) -> str:
@@ -172,8 +185,13 @@ class Reloader:
         state.metrics.model_info.labels(rt.name, rt.version, rt.provider).set(1)
         state.metrics.queue_depth.labels(rt.name).set(0)
         self.reloads.labels(rt.name, "loaded").inc()
-        log.info("reload: serving %s %s from %s%s", rt.name, rt.version, rt.directory,
-                 f" (was {previous.version} from {previous.directory})" if previous else " (new model)")
+        log.info(
+            "reload: serving %s %s from %s%s",
+            rt.name,
+            rt.version,
+            rt.directory,
+            f" (was {previous.version} from {previous.directory})" if previous else " (new model)",
+        )
         if retiring is not None:  # in the background: the reload's caller need not wait for the old version's tail
             task = asyncio.get_running_loop().create_task(self._retire(retiring))
             self._tasks.add(task)
@@ -193,7 +211,8 @@ class Reloader:
                 break
             await asyncio.sleep(0.05)
         else:
-            log.warning("reload: the old %s batcher was still busy after %.0f s; stopping it", batcher.runtime.name,
-                        DRAIN_TIMEOUT_S)
+            log.warning(
+                "reload: the old %s batcher was still busy after %.0f s; stopping it", batcher.runtime.name, DRAIN_TIMEOUT_S
+            )
         self.state.retiring.pop(id(batcher.runtime), None)
         await batcher.stop()

@@ -67,8 +67,14 @@ def select_providers(requested: str | list[str] | None, available: list[str]) ->
 
 
 class ModelRuntime:
-    def __init__(self, directory: str | Path, providers: str | list[str] | None = None, intra_op_threads: int = 0,
-                 inter_op_threads: int = 0, verify: bool = True):
+    def __init__(
+        self,
+        directory: str | Path,
+        providers: str | list[str] | None = None,
+        intra_op_threads: int = 0,
+        inter_op_threads: int = 0,
+        verify: bool = True,
+    ):
         self.directory = Path(directory)
         self.manifest = load_manifest(self.directory, verify=verify)
         m = self.manifest
@@ -77,15 +83,21 @@ class ModelRuntime:
         self.temperature = float(m.get("temperature") or 1.0)
         trunc = m["truncation"]
         try:
-            self.tokenizer = TextTokenizer.from_file(self.directory / "tokenizer.json", max_tokens=int(m["max_tokens"]),
-                                                     truncation=trunc["strategy"], head_tokens=int(trunc["head_tokens"]))
+            self.tokenizer = TextTokenizer.from_file(
+                self.directory / "tokenizer.json",
+                max_tokens=int(m["max_tokens"]),
+                truncation=trunc["strategy"],
+                head_tokens=int(trunc["head_tokens"]),
+            )
         except Exception as exc:  # tokenizers raises plain Exceptions for unreadable files
             raise ArtifactError(f"{self.directory / 'tokenizer.json'}: cannot load ({exc})") from exc
         vocab = self.tokenizer.vocab_size
         expected = {m["tokenizer"].get("vocab_size"), m["model"].get("vocab_size")}
         if expected != {vocab}:
-            raise ArtifactError(f"{self.directory / 'tokenizer.json'}: {vocab} tokens, but the manifest's model "
-                                f"expects {sorted(x for x in expected if x is not None)}")
+            raise ArtifactError(
+                f"{self.directory / 'tokenizer.json'}: {vocab} tokens, but the manifest's model "
+                f"expects {sorted(x for x in expected if x is not None)}"
+            )
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = intra_op_threads
         opts.inter_op_num_threads = inter_op_threads
@@ -114,8 +126,7 @@ class ModelRuntime:
 
     def warmup(self) -> None:
         """A real inference that also proves the model's embedding table covers the tokenizer's highest id."""
-        probe = Encoded(np.array([self.tokenizer.vocab_size - 1, self.tokenizer.unk_id], np.int64), [(0, 1)] * 2, 2,
-                        False)
+        probe = Encoded(np.array([self.tokenizer.vocab_size - 1, self.tokenizer.unk_id], np.int64), [(0, 1)] * 2, 2, False)
         try:
             probs = self.run_batch([probe])
         except Exception as exc:
@@ -128,12 +139,20 @@ class ModelRuntime:
         m = self.manifest
         metrics = m.get("metrics", {})
         return {
-            "name": self.name, "version": self.version, "labels": self.labels, "provider": self.provider,
-            "cell": m["model"].get("cell"), "layers": m["model"].get("num_layers"),
-            "directions": m["model"].get("directions"), "hidden_size": m["model"].get("hidden_size"),
-            "pooling": m["model"].get("pooling"), "vocab_size": self.tokenizer.vocab_size,
-            "max_tokens": self.tokenizer.max_tokens, "truncation": m["truncation"].get("strategy"),
-            "temperature": m.get("temperature"), "validation_accuracy": metrics.get("val_accuracy"),
+            "name": self.name,
+            "version": self.version,
+            "labels": self.labels,
+            "provider": self.provider,
+            "cell": m["model"].get("cell"),
+            "layers": m["model"].get("num_layers"),
+            "directions": m["model"].get("directions"),
+            "hidden_size": m["model"].get("hidden_size"),
+            "pooling": m["model"].get("pooling"),
+            "vocab_size": self.tokenizer.vocab_size,
+            "max_tokens": self.tokenizer.max_tokens,
+            "truncation": m["truncation"].get("strategy"),
+            "temperature": m.get("temperature"),
+            "validation_accuracy": metrics.get("val_accuracy"),
             "ece_after_calibration": metrics.get("ece_after"),
         }
 
@@ -161,31 +180,38 @@ class ModelRuntime:
         out = np.empty((len(encoded), len(self.labels)), dtype=np.float32)
         order = sorted(range(len(encoded)), key=lambda i: encoded[i].num_tokens)
         for start in range(0, len(order), batch_size):
-            chunk = order[start:start + batch_size]
+            chunk = order[start : start + batch_size]
             out[chunk] = self.run_batch([encoded[i] for i in chunk])
         return out
 
     def result(self, enc: Encoded, probs: np.ndarray) -> dict:
         """The response fields every interface shares."""
         label = self.labels[int(np.argmax(probs))]
-        return {"label": label, "score": float(probs[self.positive]),
-                "probabilities": {lab: float(p) for lab, p in zip(self.labels, probs)},
-                "num_tokens": enc.num_tokens, "truncated": enc.truncated}
+        return {
+            "label": label,
+            "score": float(probs[self.positive]),
+            "probabilities": {lab: float(p) for lab, p in zip(self.labels, probs)},
+            "num_tokens": enc.num_tokens,
+            "truncated": enc.truncated,
+        }
 
     # -- diagnostics -------------------------------------------------------------------------------------------
-    def diagnose(self, text: str, enc: Encoded, include_hidden: bool = False, attribution: bool = False,
-                 max_hidden_values: int = 65_536) -> tuple[np.ndarray, dict]:
+    def diagnose(
+        self, text: str, enc: Encoded, include_hidden: bool = False, attribution: bool = False, max_hidden_values: int = 65_536
+    ) -> tuple[np.ndarray, dict]:
         """Probabilities and the per-token diagnostics of one text (see service/diagnostics.py)."""
         outputs = dict(zip(self.diagnostic_outputs, self.diagnostics_session.run(None, self.pad([enc]))))
         final_logodds = float(self.logodds(outputs["logits"])[0])
         # Models without exact contributions fall back to occlusion, within its bound.
         wanted = attribution or "contribution" not in outputs
         occlusion = self.occlusion(enc) if wanted and enc.num_tokens <= diagnostics.OCCLUSION_MAX_TOKENS else None
-        report = diagnostics.build(self.facts, text, enc, outputs, include_hidden, max_hidden_values, occlusion,
-                                   final_logodds, attribution)
+        report = diagnostics.build(
+            self.facts, text, enc, outputs, include_hidden, max_hidden_values, occlusion, final_logodds, attribution
+        )
         if attribution and occlusion is None:
-            report["summary"]["attribution_note"] = (f"attribution (occlusion) skipped: {enc.num_tokens} tokens, over "
-                                                     f"the limit of {diagnostics.OCCLUSION_MAX_TOKENS}")
+            report["summary"]["attribution_note"] = (
+                f"attribution (occlusion) skipped: {enc.num_tokens} tokens, over the limit of {diagnostics.OCCLUSION_MAX_TOKENS}"
+            )
         return outputs["probabilities"][0], report
 
     def logodds(self, logits: np.ndarray) -> np.ndarray:
@@ -203,6 +229,6 @@ class ModelRuntime:
         rows = max(1, OCCLUSION_TOKENS // n)
         out = np.empty(n, dtype=np.float64)
         for start in range(0, n, rows):
-            feed = {"input_ids": ids[start:start + rows], "lengths": np.full(len(ids[start:start + rows]), n, np.int64)}
-            out[start:start + rows] = self.logodds(self.session.run(["logits"], feed)[0])
+            feed = {"input_ids": ids[start : start + rows], "lengths": np.full(len(ids[start : start + rows]), n, np.int64)}
+            out[start : start + rows] = self.logodds(self.session.run(["logits"], feed)[0])
         return out

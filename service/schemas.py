@@ -31,8 +31,9 @@ def _unicode(text: str) -> str:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as exc:
-        raise PydanticCustomError("invalid_text", "not valid Unicode (a lone surrogate at character {position})",
-                                  {"position": exc.start}) from None
+        raise PydanticCustomError(
+            "invalid_text", "not valid Unicode (a lone surrogate at character {position})", {"position": exc.start}
+        ) from None
     return text
 
 
@@ -68,23 +69,23 @@ class _Request(BaseModel):
 
 
 class SentimentRequest(_Request):
-    model_config = ConfigDict(json_schema_extra={
-        "examples": [{"text": "A wonderful, moving film. The cast is superb.", "diagnostics": False}]})
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"text": "A wonderful, moving film. The cast is superb.", "diagnostics": False}]}
+    )
 
     text: Text = Field(description="review text; HTML line breaks and entities are cleaned")
     model: str | None = Field(None, description="model name from /v1/models (default: the service's default model)")
     diagnostics: bool = Field(False, description="add the per-token report of the recurrent state")
     include_hidden: bool = Field(False, description="with diagnostics: raw hidden vectors (size-capped); implies it")
     attribution: bool = Field(False, description="with diagnostics: occlusion importance per token; implies it")
-    truncate: Truncate | None = Field(None, description="which tokens to keep past the model's max "
-                                                         "(default: the model's own policy)")
+    truncate: Truncate | None = Field(
+        None, description="which tokens to keep past the model's max (default: the model's own policy)"
+    )
 
 
 class BatchItem(_Request):
-    id: Unicode | int | None = Field(None, description="echoed back with the item's result, as given (string or "
-                                                        "integer)")
-    text: str = Field(description="an empty, blank or over-long text gets an `error` in its result; the other items "
-                                  "are scored")
+    id: Unicode | int | None = Field(None, description="echoed back with the item's result, as given (string or integer)")
+    text: str = Field(description="an empty, blank or over-long text gets an `error` in its result; the other items are scored")
 
 
 class BatchRequest(_Request):
@@ -131,14 +132,15 @@ class TokenReport(_Report):
     id: int = Field(description="vocabulary id")
     token: str | None = Field(description="the vocabulary entry")
     unknown: bool = Field(description="the token is [UNK] (not in the vocabulary)")
-    running_score: float | None = Field(description="P(positive) of the text cut after this token; null for "
-                                                    "bidirectional models (no such reading exists)")
+    running_score: float | None = Field(
+        description="P(positive) of the text cut after this token; null for bidirectional models (no such reading exists)"
+    )
     running_logodds: float | None = Field(description="the same in log-odds")
     score_delta: float | None = Field(description="running_score minus the previous one (0.5 before the first)")
-    contribution: float | None = Field(description="signed share of the final log-odds (see summary."
-                                                   "contribution_method); null when not computed")
-    attribution: float | None = Field(None, description="occlusion importance in log-odds (asked for with "
-                                                        "attribution)")
+    contribution: float | None = Field(
+        description="signed share of the final log-odds (see summary.contribution_method); null when not computed"
+    )
+    attribution: float | None = Field(None, description="occlusion importance in log-odds (asked for with attribution)")
 
 
 class TopToken(_Report):
@@ -153,8 +155,7 @@ class DiagnosticsSummary(_Report):
     running_score_method: str | None = Field(description='"exact", or null when running_score is not available')
     running_score_note: str | None = None
     contribution_method: str | None = Field(description='e.g. "state_change", "state_change+ngram", "occlusion"')
-    contribution_baseline: float | None = Field(None, description="exact models: baseline + sum of contributions = "
-                                                                  "final_logodds")
+    contribution_baseline: float | None = Field(None, description="exact models: baseline + sum of contributions = final_logodds")
     contribution_note: str | None = None
     attribution_note: str | None = None
     top_positive: list[TopToken] = Field(description="tokens pushing most towards positive")
@@ -210,9 +211,11 @@ class SentimentResponse(BaseModel):
     truncated: bool = Field(description="the text had more tokens than the model reads; some were dropped")
     unknown_share: float = Field(description="share of the scored tokens that are [UNK] (not in the vocabulary)")
     warnings: list[Literal["mostly_unknown_tokens", "very_short", "truncated"]] = Field(
-        description="reasons to trust this answer less (thresholds in the settings); empty when none")
-    abstained: Literal["mostly_unknown_tokens"] | None = Field(None, description="why label is null (only with "
-                                                                                  "SENTIMENT_ABSTAIN_UNKNOWN_SHARE)")
+        description="reasons to trust this answer less (thresholds in the settings); empty when none"
+    )
+    abstained: Literal["mostly_unknown_tokens"] | None = Field(
+        None, description="why label is null (only with SENTIMENT_ABSTAIN_UNKNOWN_SHARE)"
+    )
     diagnostics: DiagnosticsReport | None = Field(None, description="per-token report (see the README's Diagnostics)")
 
 
@@ -236,8 +239,9 @@ class BatchResult(BaseModel):
     warnings: list[Literal["mostly_unknown_tokens", "very_short", "truncated"]] | None = None
     abstained: Literal["mostly_unknown_tokens"] | None = None
     diagnostics: DiagnosticsReport | None = None
-    error: ErrorDetail | None = Field(None, description="why this item was not scored (empty_text, invalid_text, "
-                                                        "text_too_large, no_tokens)")
+    error: ErrorDetail | None = Field(
+        None, description="why this item was not scored (empty_text, invalid_text, text_too_large, no_tokens)"
+    )
 
 
 class BatchResponse(BaseModel):

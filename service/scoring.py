@@ -92,7 +92,7 @@ class Tokenizing:
             at = 0
             for i in members:
                 n = len(taken[i][1])
-                out[i] = encoded if isinstance(encoded, BaseException) else encoded[at:at + n]
+                out[i] = encoded if isinstance(encoded, BaseException) else encoded[at : at + n]
                 at += n
         return out
 
@@ -137,7 +137,8 @@ class ScoringCore:
     # tokenizer work (which releases the GIL), and the loop must keep answering everyone else meanwhile. A pool of
     # its own, so a burst of diagnostics in asyncio's default pool cannot hold plain requests at this step.
     tokenizer_pool: ThreadPoolExecutor = field(
-        default_factory=lambda: ThreadPoolExecutor(max_workers=TOKENIZER_THREADS, thread_name_prefix="tokenize"))
+        default_factory=lambda: ThreadPoolExecutor(max_workers=TOKENIZER_THREADS, thread_name_prefix="tokenize")
+    )
 
     def __post_init__(self) -> None:
         self.trust = TrustPolicy.from_settings(self.settings)
@@ -194,25 +195,36 @@ class ScoringCore:
             self.metrics.observe_text(rt.name, float(row[rt.positive]), self._unknown(rt, enc))
         return probs
 
-    async def diagnose(self, rt: ModelRuntime, texts: list[str], encoded: list[Encoded], include_hidden: bool = False,
-                       attribution: bool = False, gone: Gone = None) -> list[tuple[np.ndarray, dict]]:
+    async def diagnose(
+        self,
+        rt: ModelRuntime,
+        texts: list[str],
+        encoded: list[Encoded],
+        include_hidden: bool = False,
+        attribution: bool = False,
+        gone: Gone = None,
+    ) -> list[tuple[np.ndarray, dict]]:
         """The diagnostics graph on the model's batcher, one text per worker call, bounded like the batcher's queue:
         at most `queue_size` texts in diagnostics and `max_attribution_texts` in occlusion attribution (T model rows
         of T tokens each) at once, past which requests are refused (Overloaded); stopped when the client leaves."""
         s = self.settings
         if self.diagnosing and self.diagnosing + len(texts) > s.queue_size:  # as MicroBatcher.submit
-            raise Overloaded(f"too many diagnostics texts in progress ({self.diagnosing}, queue size {s.queue_size}); "
-                             f"retry shortly")
+            raise Overloaded(
+                f"too many diagnostics texts in progress ({self.diagnosing}, queue size {s.queue_size}); retry shortly"
+            )
         # As ModelRuntime.diagnose: occlusion when asked for, or in place of exact contributions the graph lacks.
         occluding = len(texts) if attribution or "contribution" not in rt.diagnostic_outputs else 0
         if occluding and self.attributing and self.attributing + occluding > s.max_attribution_texts:
-            raise Overloaded(f"too many texts in attribution ({self.attributing}, at most {s.max_attribution_texts} "
-                             f"at once); retry shortly")
+            raise Overloaded(
+                f"too many texts in attribution ({self.attributing}, at most {s.max_attribution_texts} at once); retry shortly"
+            )
         batcher = self.batcher_for(rt)
 
         async def each() -> list[tuple[np.ndarray, dict]]:
-            return [await batcher.diagnose(text, enc, include_hidden, attribution, s.max_hidden_values)
-                    for text, enc in zip(texts, encoded)]
+            return [
+                await batcher.diagnose(text, enc, include_hidden, attribution, s.max_hidden_values)
+                for text, enc in zip(texts, encoded)
+            ]
 
         self.diagnosing += len(texts)
         self.attributing += occluding
@@ -234,17 +246,31 @@ class ScoringCore:
         """One text's answer in the response's field order, ready to serialize (no None values but an abstained
         label). The diagnostics report is serialized through its schema, which keeps its meaningful nulls."""
         base = rt.result(enc, probs)
-        out = {"label": base["label"], "score": base["score"], "probabilities": base["probabilities"],
-               "model": {"name": rt.name, "version": rt.version}, "num_tokens": base["num_tokens"],
-               "truncated": base["truncated"]}
+        out = {
+            "label": base["label"],
+            "score": base["score"],
+            "probabilities": base["probabilities"],
+            "model": {"name": rt.name, "version": rt.version},
+            "num_tokens": base["num_tokens"],
+            "truncated": base["truncated"],
+        }
         self.trust.apply(out, enc, rt.tokenizer.unk_id)
         if report is not None:
             out["diagnostics"] = DiagnosticsReport.model_validate(report).model_dump(mode="json", exclude_none=True)
         return out
 
-    async def classify(self, rt: ModelRuntime, texts: list[str], encoded: list[Encoded], where: Where, *,
-                       diagnostics: bool = False, include_hidden: bool = False, attribution: bool = False,
-                       gone: Gone = None) -> list[dict]:
+    async def classify(
+        self,
+        rt: ModelRuntime,
+        texts: list[str],
+        encoded: list[Encoded],
+        where: Where,
+        *,
+        diagnostics: bool = False,
+        include_hidden: bool = False,
+        attribution: bool = False,
+        gone: Gone = None,
+    ) -> list[dict]:
         """Results of texts already checked and encoded: plain scoring, or the diagnostics graph when asked."""
         if diagnostics:
             for i, enc in enumerate(encoded):
@@ -255,8 +281,15 @@ class ScoringCore:
         probs = await self.score(rt, encoded, where, gone)
         return [self.result(rt, enc, row) for enc, row in zip(encoded, probs)]
 
-    async def classify_items(self, rt: ModelRuntime, texts: list[str], where: Where, truncation: Truncation | None,
-                             diagnostics: bool = False, gone: Gone = None) -> list[dict]:
+    async def classify_items(
+        self,
+        rt: ModelRuntime,
+        texts: list[str],
+        where: Where,
+        truncation: Truncation | None,
+        diagnostics: bool = False,
+        gone: Gone = None,
+    ) -> list[dict]:
         """One result per text, where a text that cannot be scored (empty, not Unicode, too long, no tokens) gets
         `{"error": {"code", "message"}}` and the others are scored: a batch's per-item semantics (as the batch
         CLI's `--on-error skip`). Request-level refusals (overload, unknown model, client gone) still raise."""
@@ -282,8 +315,14 @@ class ScoringCore:
             else:
                 scorable.append((i, enc))
         if scorable:
-            results = await self.classify(rt, [texts[i] for i, _ in scorable], [enc for _, enc in scorable],
-                                          lambda k: where(scorable[k][0]), diagnostics=diagnostics, gone=gone)
+            results = await self.classify(
+                rt,
+                [texts[i] for i, _ in scorable],
+                [enc for _, enc in scorable],
+                lambda k: where(scorable[k][0]),
+                diagnostics=diagnostics,
+                gone=gone,
+            )
             for (i, _), result in zip(scorable, results):
                 out[i] = result
         return out

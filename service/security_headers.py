@@ -5,8 +5,10 @@ from a CDN. Responses written by the HTTP protocol itself (431, 408) carry nosni
 
 from __future__ import annotations
 
-PAGE_CSP = ("default-src 'self'; connect-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-            "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+PAGE_CSP = (
+    "default-src 'self'; connect-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
 DOCS_CSP = "frame-ancestors 'none'"
 DOCS_PATHS = ("/docs", "/redoc")
 
@@ -19,8 +21,11 @@ class SecurityHeadersMiddleware:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         csp = DOCS_CSP if scope["path"].startswith(DOCS_PATHS) else PAGE_CSP
-        added = [(b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"DENY"),
-                 (b"content-security-policy", csp.encode())]
+        added = [
+            (b"x-content-type-options", b"nosniff"),
+            (b"x-frame-options", b"DENY"),
+            (b"content-security-policy", csp.encode()),
+        ]
 
         async def with_headers(message):
             if message["type"] == "http.response.start":

@@ -42,6 +42,7 @@ def _settings_error(exc: ValidationError) -> str:
     def one(e) -> str:
         msg = e["msg"].removeprefix("Value error, ")
         return f"SENTIMENT_{'_'.join(map(str, e['loc'])).upper()}: {msg}" if e["loc"] else msg
+
     return "; ".join(one(e) for e in exc.errors())
 
 
@@ -50,16 +51,21 @@ def main(argv: list[str] | None = None) -> int:
     # as wide as the machine: a max-size batch of hostile text then takes one core, not all of them, and the event
     # loop keeps a core to answer everyone else. Set before the tokenizers are loaded; an explicit value wins.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    parser = argparse.ArgumentParser(prog="sentiment-serve", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="sentiment-serve", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--model-dir", help="an artifact directory or a folder of them (default: SENTIMENT_MODEL_ROOT, "
-                                            "else exported/)")
+    parser.add_argument(
+        "--model-dir", help="an artifact directory or a folder of them (default: SENTIMENT_MODEL_ROOT, else exported/)"
+    )
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     parser.add_argument("--graceful-timeout", type=float, default=10.0, help="seconds in-flight requests get on stop")
-    parser.add_argument("--workers", type=int, help="processes behind the port (default: SENTIMENT_WORKERS, else one "
-                                                    f"per usable core: {usable_cores()} here)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        help=f"processes behind the port (default: SENTIMENT_WORKERS, else one per usable core: {usable_cores()} here)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     overrides = {k: v for k, v in (("model_root", args.model_dir), ("workers", args.workers)) if v is not None}
@@ -76,8 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         sock = bind_socket(args.host, args.port)
     except OSError as exc:
-        print(f"sentiment-serve: error: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}",
-              file=sys.stderr)
+        print(f"sentiment-serve: error: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
         return 3
     workers = settings.workers or usable_cores()
     if workers > 1:
@@ -87,8 +92,9 @@ def main(argv: list[str] | None = None) -> int:
         options = WorkerOptions({**overrides, "workers": workers}, args.log_level, args.graceful_timeout, workers)
         return Supervisor(sock, options).run()
     app = create_app(settings, registry)
-    config = uvicorn_config(app, settings, log_level=args.log_level, lifespan="on",
-                            timeout_graceful_shutdown=args.graceful_timeout, access_log=False)
+    config = uvicorn_config(
+        app, settings, log_level=args.log_level, lifespan="on", timeout_graceful_shutdown=args.graceful_timeout, access_log=False
+    )
     server = uvicorn.Server(config)
     # uvicorn re-raises the stop signal once it has shut down gracefully; with the default handlers in place that
     # would kill the process (status -15, or a KeyboardInterrupt traceback). A clean stop should exit 0.

@@ -46,8 +46,7 @@ def kept_positions(n: int, max_tokens: int, truncation: Truncation, head_tokens:
 class TextTokenizer:
     """`tokenizer.json` plus the manifest's truncation policy."""
 
-    def __init__(self, tokenizer: Tokenizer, max_tokens: int, truncation: Truncation = "head_tail",
-                 head_tokens: int = 100):
+    def __init__(self, tokenizer: Tokenizer, max_tokens: int, truncation: Truncation = "head_tail", head_tokens: int = 100):
         self.tokenizer = tokenizer
         self.max_tokens = max_tokens
         self.truncation = truncation

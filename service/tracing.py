@@ -45,15 +45,18 @@ def provider_from_env(environ=os.environ):
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
     except ImportError as exc:
-        raise RuntimeError(f"tracing is configured (OTEL_* variables) but the otel extra is not installed ({exc}); "
-                           f"pip install 'imdb-sentiment[otel]' or unset them") from exc
+        raise RuntimeError(
+            f"tracing is configured (OTEL_* variables) but the otel extra is not installed ({exc}); "
+            f"pip install 'imdb-sentiment[otel]' or unset them"
+        ) from exc
     names = [n.strip() for n in environ.get("OTEL_TRACES_EXPORTER", "otlp").lower().split(",") if n.strip()]
     unknown = [n for n in names if n not in EXPORTERS]
     if unknown:
         raise RuntimeError(f"OTEL_TRACES_EXPORTER: unknown exporter(s) {unknown}; this service knows {', '.join(EXPORTERS)}")
     # Resource.create merges OTEL_RESOURCE_ATTRIBUTES and OTEL_SERVICE_NAME; ours is only the default name.
-    provider = TracerProvider(resource=Resource.create(
-        {} if environ.get("OTEL_SERVICE_NAME") else {"service.name": "sentiment-service"}))
+    provider = TracerProvider(
+        resource=Resource.create({} if environ.get("OTEL_SERVICE_NAME") else {"service.name": "sentiment-service"})
+    )
     for name in names:
         if name == "otlp":
             from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
@@ -70,8 +73,7 @@ def instrument(app, provider) -> BatchTracer:
     """Server spans for `app` from `provider`; the returned BatchTracer adds the model's spans in the batchers."""
     from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
-    FastAPIInstrumentor.instrument_app(app, tracer_provider=provider, excluded_urls=UNTRACED,
-                                       exclude_spans=["receive", "send"])
+    FastAPIInstrumentor.instrument_app(app, tracer_provider=provider, excluded_urls=UNTRACED, exclude_spans=["receive", "send"])
     return BatchTracer(provider.get_tracer("service.batching"))
 
 
@@ -93,8 +95,14 @@ class BatchTracer:
         span = self._trace.get_current_span()
         if not span.is_recording():
             return None
-        span.set_attributes({"sentiment.model": runtime.name, "sentiment.model_version": runtime.version,
-                             "sentiment.texts": len(encoded), "sentiment.tokens": sum(e.num_tokens for e in encoded)})
+        span.set_attributes(
+            {
+                "sentiment.model": runtime.name,
+                "sentiment.model_version": runtime.version,
+                "sentiment.texts": len(encoded),
+                "sentiment.tokens": sum(e.num_tokens for e in encoded),
+            }
+        )
         return self._context.get_current()
 
     def waited(self, parent, enqueued: float, taken: float) -> None:
@@ -104,10 +112,13 @@ class BatchTracer:
 
     def inferred(self, parents: list, started: float, ended: float, runtime, texts: int, tokens: int) -> None:
         """One `inference` span under each request whose texts were in this onnxruntime call."""
-        attributes = {"sentiment.model": runtime.name, "sentiment.batch_texts": texts, "sentiment.batch_tokens": tokens,
-                      "sentiment.provider": runtime.provider}
+        attributes = {
+            "sentiment.model": runtime.name,
+            "sentiment.batch_texts": texts,
+            "sentiment.batch_tokens": tokens,
+            "sentiment.provider": runtime.provider,
+        }
         for parent in parents:
             if parent is not None:
-                span = self.tracer.start_span("inference", context=parent, start_time=_epoch_ns(started),
-                                              attributes=attributes)
+                span = self.tracer.start_span("inference", context=parent, start_time=_epoch_ns(started), attributes=attributes)
                 span.end(end_time=_epoch_ns(ended))

@@ -92,11 +92,21 @@ class WorkerApp:
             return await self.app(scope, receive, send)
         waiting = sum(1 for flag in self.ready[:] if flag != READY)
         if scope["path"] == "/readyz" and waiting:
-            body = json.dumps({"error": {"code": "not_ready", "message": f"{waiting} of {len(self.ready)} workers "
-                                                                        f"not ready yet"}}).encode()
-            await send({"type": "http.response.start", "status": 503, "headers": [
-                (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                (b"retry-after", str(self.retry_after_s).encode()), self.pid_header]})
+            body = json.dumps(
+                {"error": {"code": "not_ready", "message": f"{waiting} of {len(self.ready)} workers not ready yet"}}
+            ).encode()
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 503,
+                    "headers": [
+                        (b"content-type", b"application/json"),
+                        (b"content-length", str(len(body)).encode()),
+                        (b"retry-after", str(self.retry_after_s).encode()),
+                        self.pid_header,
+                    ],
+                }
+            )
             return await send({"type": "http.response.body", "body": body})
 
         async def named_send(message):
@@ -111,6 +121,7 @@ class WorkerApp:
             if message["type"] == "lifespan.startup.complete":
                 self.ready[self.index] = READY
             await send(message)
+
         return lifespan_send
 
     def _lifespan_receive(self, receive):
@@ -119,6 +130,7 @@ class WorkerApp:
             if message["type"] == "lifespan.shutdown":
                 self.ready[self.index] = STOPPING
             return message
+
         return lifespan_receive
 
 
@@ -143,12 +155,19 @@ def worker_main(index: int, sock: socket.socket, options: WorkerOptions, ready, 
     from service.settings import Settings
 
     os.setpgid(0, 0)
-    logging.basicConfig(level=options.log_level.upper(),
-                        format=f"%(asctime)s %(levelname)s %(name)s[worker {index}]: %(message)s")
+    logging.basicConfig(
+        level=options.log_level.upper(), format=f"%(asctime)s %(levelname)s %(name)s[worker {index}]: %(message)s"
+    )
     settings = Settings(**options.overrides)
     app = create_app(settings, ModelRegistry.load(settings))
-    config = uvicorn_config(WorkerApp(app, index, ready, settings.retry_after_s), settings, log_level=options.log_level,
-                            lifespan="on", timeout_graceful_shutdown=options.graceful_timeout, access_log=False)
+    config = uvicorn_config(
+        WorkerApp(app, index, ready, settings.retry_after_s),
+        settings,
+        log_level=options.log_level,
+        lifespan="on",
+        timeout_graceful_shutdown=options.graceful_timeout,
+        access_log=False,
+    )
     server = uvicorn.Server(config)
     for sig in (signal.SIGINT, signal.SIGTERM):  # see server.main: a clean stop exits 0, not by the signal
         signal.signal(sig, lambda *_: None)
@@ -173,8 +192,9 @@ class Supervisor:
 
     def _start(self, index: int) -> None:
         self.ready[index] = NOT_STARTED
-        proc = self.ctx.Process(target=worker_main, name=f"sentiment-worker-{index}",
-                                args=(index, self.sock, self.options, self.ready, os.getpid()))
+        proc = self.ctx.Process(
+            target=worker_main, name=f"sentiment-worker-{index}", args=(index, self.sock, self.options, self.ready, os.getpid())
+        )
         proc.start()
         self.procs[index] = proc
         log.info("worker %d started (pid %d)", index, proc.pid)
@@ -212,14 +232,17 @@ class Supervisor:
                     was_ready, self.ready[index] = self.ready[index] != NOT_STARTED, NOT_STARTED
                     if self.stopping or not was_ready:
                         if not self.stopping:
-                            log.error("worker %d (pid %d) exited with %s before it was ready; stopping", index,
-                                      proc.pid, _how(proc.exitcode))
+                            log.error(
+                                "worker %d (pid %d) exited with %s before it was ready; stopping",
+                                index,
+                                proc.pid,
+                                _how(proc.exitcode),
+                            )
                             self._on_stop()
                         status = status or (0 if proc.exitcode == 0 and was_ready else 1)
                         self.procs[index] = _Exited(proc.exitcode)
                         continue
-                    log.warning("worker %d (pid %d) exited with %s; starting a new one", index, proc.pid,
-                                _how(proc.exitcode))
+                    log.warning("worker %d (pid %d) exited with %s; starting a new one", index, proc.pid, _how(proc.exitcode))
                     self._start(index)
         finally:
             self.sock.close()

@@ -32,18 +32,52 @@ os.environ.setdefault("SENTIMENT_WORKERS", "1")
 
 POSITIVE_WORDS = ["great", "wonderful", "loved", "excellent", "brilliant", "superb", "enjoyable", "beautiful"]
 NEGATIVE_WORDS = ["awful", "boring", "hated", "terrible", "dull", "waste", "worst", "stupid"]
-NEUTRAL_WORDS = ["the", "film", "movie", "plot", "acting", "story", "cast", "director", "scenes", "ending", "was",
-                 "and", "it", "this", "a", "of", "music", "characters"]
+NEUTRAL_WORDS = [
+    "the",
+    "film",
+    "movie",
+    "plot",
+    "acting",
+    "story",
+    "cast",
+    "director",
+    "scenes",
+    "ending",
+    "was",
+    "and",
+    "it",
+    "this",
+    "a",
+    "of",
+    "music",
+    "characters",
+]
 # Bits of scraped-HTML noise that the tokenizer's normalizer must clean.
 HTML_NOISE = ["<br /><br />", "<br />", " &amp; ", " &quot;really&quot; ", " didn&#39;t ", "<i>", "</i>"]
 
 # Small settings shared by every tiny training run (tests build their own runs from these).
 TINY_SETTINGS = {
-    "seed": 8, "val_fraction": 0.25, "max_vocab": 500, "min_frequency": 1, "max_tokens": 64, "truncation": "head_tail",
-    "head_tokens": 16, "embeddings": "random", "epochs": 2, "batch_size": 8, "lr": 0.01, "patience": 5,
+    "seed": 8,
+    "val_fraction": 0.25,
+    "max_vocab": 500,
+    "min_frequency": 1,
+    "max_tokens": 64,
+    "truncation": "head_tail",
+    "head_tokens": 16,
+    "embeddings": "random",
+    "epochs": 2,
+    "batch_size": 8,
+    "lr": 0.01,
+    "patience": 5,
 }
-TINY_MODEL = {"embedding_dim": 16, "hidden_size": 16, "cell": "lstm", "bidirectional": True, "pooling": "meanmax",
-              "num_layers": 1}
+TINY_MODEL = {
+    "embedding_dim": 16,
+    "hidden_size": 16,
+    "cell": "lstm",
+    "bidirectional": True,
+    "pooling": "meanmax",
+    "num_layers": 1,
+}
 
 
 @dataclass
@@ -92,8 +126,7 @@ def write_imdb_tree(root: Path, seed: int = 0) -> ImdbFixture:
     """Write `root/aclImdb/` with `{id}_{rating}.txt` reviews and urls_{kind}.txt (line i = film of review i)."""
     rng = random.Random(seed)
     fixture = ImdbFixture(root)
-    counts = {("train", "pos"): 30, ("train", "neg"): 30, ("train", "unsup"): 10, ("test", "pos"): 5,
-              ("test", "neg"): 5}
+    counts = {("train", "pos"): 30, ("train", "neg"): 30, ("train", "unsup"): 10, ("test", "pos"): 5, ("test", "neg"): 5}
     # 24 films shared by several reviews, and by both labels (as on IMDB), so grouping matters for the split.
     films = [f"tt{1000000 + 37 * k:07d}" for k in range(24)]
     for (split, kind), count in counts.items():
@@ -146,8 +179,13 @@ def tiny_train_config(data, out_dir, model: dict | None = None, **settings):
     """TrainConfig of a tiny run (TINY_SETTINGS / TINY_MODEL, overridable)."""
     from training.config import ModelConfig, TrainConfig
 
-    return TrainConfig(data=str(data), out_dir=str(out_dir), name="tiny-lstm", **{**TINY_SETTINGS, **settings},
-                       model=ModelConfig(**{**TINY_MODEL, **(model or {})}))
+    return TrainConfig(
+        data=str(data),
+        out_dir=str(out_dir),
+        name="tiny-lstm",
+        **{**TINY_SETTINGS, **settings},
+        model=ModelConfig(**{**TINY_MODEL, **(model or {})}),
+    )
 
 
 def tiny_train_argv(data, out_dir, **settings) -> list[str]:
@@ -195,8 +233,7 @@ def fixture_tokenizer(imdb_fixture):
     """A word-level tokenizer (training.tokenizer.build_tokenizer) over the fixture's train reviews."""
     from training.tokenizer import build_tokenizer
 
-    return build_tokenizer([r.text for r in imdb_fixture.reviews if r.split == "train"], max_vocab=500,
-                           min_frequency=1)
+    return build_tokenizer([r.text for r in imdb_fixture.reviews if r.split == "train"], max_vocab=500, min_frequency=1)
 
 
 @dataclass
@@ -212,10 +249,22 @@ RANDOM_TEMPERATURE = 1.7  # not 1, so exported probabilities must divide by it
 
 def placeholder_metrics(temperature: float = 1.0) -> dict:
     """Metrics in the shape `training.train.finish` writes, for exports of untrained models."""
-    return {"val_accuracy": 0.5, "val_nll_before": 0.7, "val_nll_after": 0.69, "ece_before": 0.1, "ece_after": 0.05,
-            "temperature": temperature, "best_epoch": 1, "epochs_run": 1, "train_seconds": 0.0,
-            "embedding_coverage": 0.0, "counts": {"train": 0, "val": 0, "unlabeled": 0, "val_films": 0},
-            "history": []}
+    return {
+        "val_accuracy": 0.5,
+        "val_nll_before": 0.7,
+        "val_nll_after": 0.69,
+        "ece_before": 0.1,
+        "ece_after": 0.05,
+        "temperature": temperature,
+        "best_epoch": 1,
+        "epochs_run": 1,
+        "train_seconds": 0.0,
+        "embedding_coverage": 0.0,
+        "counts": {"train": 0, "val": 0, "unlabeled": 0, "val_films": 0},
+        "history": [],
+    }
+
+
 RANDOM_MAX_TOKENS = 24
 
 
@@ -232,17 +281,24 @@ def export_random(fixture_tokenizer, tmp_path_factory):
     cache: dict[tuple, RandomExport] = {}
     root = tmp_path_factory.mktemp("random_exports")
 
-    def make(cell: str, bidirectional: bool, pooling: str = "meanmax", num_layers: int = 1,
-             ngram_buckets: int = 0) -> RandomExport:
+    def make(
+        cell: str, bidirectional: bool, pooling: str = "meanmax", num_layers: int = 1, ngram_buckets: int = 0
+    ) -> RandomExport:
         key = (cell, bidirectional, pooling, num_layers) + ((ngram_buckets,) if ngram_buckets else ())
         if key not in cache:
             torch.manual_seed(zlib.crc32(repr(key).encode()))  # stable across processes, unlike hash()
-            cfg = ModelConfig(vocab_size=fixture_tokenizer.get_vocab_size(), embedding_dim=10, hidden_size=6, cell=cell,
-                              bidirectional=bidirectional, pooling=pooling, num_layers=num_layers,
-                              ngram_buckets=ngram_buckets,
-                              # negation scope with common ids, so random test batches hit it often
-                              **({"negation_window": 3, "negation_ids": (2, 3, 4, 5), "scope_break_ids": (6, 7)}
-                                 if ngram_buckets else {}))
+            cfg = ModelConfig(
+                vocab_size=fixture_tokenizer.get_vocab_size(),
+                embedding_dim=10,
+                hidden_size=6,
+                cell=cell,
+                bidirectional=bidirectional,
+                pooling=pooling,
+                num_layers=num_layers,
+                ngram_buckets=ngram_buckets,
+                # negation scope with common ids, so random test batches hit it often
+                **({"negation_window": 3, "negation_ids": (2, 3, 4, 5), "scope_break_ids": (6, 7)} if ngram_buckets else {}),
+            )
             model = RecurrentClassifier(cfg).eval()
             with torch.no_grad():  # torch's init leaves biases small; make them matter
                 for name, p in model.named_parameters():
@@ -251,15 +307,34 @@ def export_random(fixture_tokenizer, tmp_path_factory):
                 if ngram_buckets:  # an n-gram branch with weights and a mix that is not the identity
                     model.ngram.weight.normal_(0, 0.5)
                     model.mix.copy_(torch.tensor([1.3, 0.7, -0.2]))
-            train_cfg = tiny_train_config("unused", "unused", max_tokens=RANDOM_MAX_TOKENS,
-                                          model={"cell": cell, "bidirectional": bidirectional, "pooling": pooling,
-                                                 "num_layers": num_layers, "embedding_dim": 10, "hidden_size": 6,
-                                                 "ngram_buckets": ngram_buckets})
-            out = root / (f"{cell}-{'bi' if bidirectional else 'uni'}-{pooling}-{num_layers}"
-                          + (f"-ngram{ngram_buckets}" if ngram_buckets else ""))
-            export_model(model, fixture_tokenizer.to_str(), out, name=out.name, version="0.0.0", train_cfg=train_cfg,
-                         metrics=placeholder_metrics(RANDOM_TEMPERATURE),
-                         temperature=RANDOM_TEMPERATURE)
+            train_cfg = tiny_train_config(
+                "unused",
+                "unused",
+                max_tokens=RANDOM_MAX_TOKENS,
+                model={
+                    "cell": cell,
+                    "bidirectional": bidirectional,
+                    "pooling": pooling,
+                    "num_layers": num_layers,
+                    "embedding_dim": 10,
+                    "hidden_size": 6,
+                    "ngram_buckets": ngram_buckets,
+                },
+            )
+            out = root / (
+                f"{cell}-{'bi' if bidirectional else 'uni'}-{pooling}-{num_layers}"
+                + (f"-ngram{ngram_buckets}" if ngram_buckets else "")
+            )
+            export_model(
+                model,
+                fixture_tokenizer.to_str(),
+                out,
+                name=out.name,
+                version="0.0.0",
+                train_cfg=train_cfg,
+                metrics=placeholder_metrics(RANDOM_TEMPERATURE),
+                temperature=RANDOM_TEMPERATURE,
+            )
             cache[key] = RandomExport(model, out, RANDOM_TEMPERATURE, RANDOM_MAX_TOKENS)
         return cache[key]
 

@@ -18,9 +18,20 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 # Modules that speak HTTP: the app, its routes, middleware and error shape, and the servers that run them.
-HTTP_LAYER = {"service.app", "service.errors", "service.server", "service.http_limits", "service.security_headers",
-              "service.tracing", "service.metrics", "service.auth", "service.reload", "service.ray_serve",
-              "service.workers", "service.docs"}
+HTTP_LAYER = {
+    "service.app",
+    "service.errors",
+    "service.server",
+    "service.http_limits",
+    "service.security_headers",
+    "service.tracing",
+    "service.metrics",
+    "service.auth",
+    "service.reload",
+    "service.ray_serve",
+    "service.workers",
+    "service.docs",
+}
 WEB_FRAMEWORK = ("fastapi", "starlette", "uvicorn")
 TRAINING_ONLY = ("training", "torch", "onnx", "gensim", "sklearn")  # `onnx` is the train extra; onnxruntime is not
 # What training may use from service/: the contract, the tokenizer and artifact checks on the export path; the
@@ -74,10 +85,19 @@ def test_training_uses_only_the_contract_side_of_service():
     bad = {}
     for module, path in TRAINING.items():
         allowed = TRAINING_MAY_IMPORT | ({"service.runtime"} if module in SCORES_AS_SERVED else set())
-        names = sorted(n for n in _imports(path) if n.startswith("service") and n not in allowed
-                       and not (n.startswith("service.contract.") or n.startswith("service.artifacts.")
-                                or n.startswith("service.tokenization.") or n.startswith("service.runtime.")
-                                and module in SCORES_AS_SERVED))
+        names = sorted(
+            n
+            for n in _imports(path)
+            if n.startswith("service")
+            and n not in allowed
+            and not (
+                n.startswith("service.contract.")
+                or n.startswith("service.artifacts.")
+                or n.startswith("service.tokenization.")
+                or n.startswith("service.runtime.")
+                and module in SCORES_AS_SERVED
+            )
+        )
         if names:
             bad[module] = names
     assert bad == {}
@@ -94,7 +114,7 @@ def test_service_modules_import_each_other_without_cycles():
         state[module] = 1
         for dep in sorted(graph[module]):
             if state.get(dep) == 1:
-                cycles.append(path[path.index(dep):] + [dep])
+                cycles.append(path[path.index(dep) :] + [dep])
             elif dep not in state:
                 visit(dep, path + [dep])
         state[module] = 2
@@ -112,15 +132,19 @@ def test_no_service_module_is_over_400_lines():
 
 @pytest.mark.parametrize("module", ["service.app", "service.batch.cli", "service.runtime"])
 def test_importing_the_service_loads_neither_torch_nor_training(module):
-    code = (f"import sys, {module}; "
-            "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'training', 'onnx', 'gensim')); "
-            "print(','.join(bad)); sys.exit(1 if bad else 0)")
+    code = (
+        f"import sys, {module}; "
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'training', 'onnx', 'gensim')); "
+        "print(','.join(bad)); sys.exit(1 if bad else 0)"
+    )
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, f"{module} loaded {proc.stdout.strip()}{proc.stderr[-2000:]}"
 
 
 def test_the_batch_cli_does_not_load_the_web_framework():
-    code = ("import sys, service.batch.cli; bad = [m for m in ('fastapi', 'starlette') if m in sys.modules]; "
-            "print(','.join(bad)); sys.exit(1 if bad else 0)")
+    code = (
+        "import sys, service.batch.cli; bad = [m for m in ('fastapi', 'starlette') if m in sys.modules]; "
+        "print(','.join(bad)); sys.exit(1 if bad else 0)"
+    )
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, f"service.batch.cli loaded {proc.stdout.strip()}{proc.stderr[-2000:]}"

@@ -32,8 +32,14 @@ def predicative_words(ids: list[np.ndarray], cues: list[int], vocab_size: int, m
     return counts >= min_count
 
 
-def polar_lexicon(ids: list[np.ndarray], labels: list[int], vocab_size: int, min_docs: int = 100,
-                  top: int = 150, predicative: np.ndarray | None = None) -> dict[int, int]:
+def polar_lexicon(
+    ids: list[np.ndarray],
+    labels: list[int],
+    vocab_size: int,
+    min_docs: int = 100,
+    top: int = 150,
+    predicative: np.ndarray | None = None,
+) -> dict[int, int]:
     """The `top` most positive and most negative words (document frequency >= min_docs) by NB log-count ratio."""
     pos, neg = np.ones(vocab_size), np.ones(vocab_size)
     for row, label in zip(ids, labels):
@@ -53,9 +59,17 @@ def _sentences(row: np.ndarray, enders: np.ndarray, max_tokens: int) -> list[np.
     return [row[a:b] for a, b in zip(bounds[:-1], bounds[1:]) if 4 <= b - a <= max_tokens]
 
 
-def polar_sentences(ids: list[np.ndarray], labels: list[int], lexicon: dict[int, int], enders: np.ndarray,
-                    negators: set[int], cues: set[int], rng: np.random.Generator, limit: int,
-                    max_tokens: int = 20) -> list[tuple[np.ndarray, int, int]]:
+def polar_sentences(
+    ids: list[np.ndarray],
+    labels: list[int],
+    lexicon: dict[int, int],
+    enders: np.ndarray,
+    negators: set[int],
+    cues: set[int],
+    rng: np.random.Generator,
+    limit: int,
+    max_tokens: int = 20,
+) -> list[tuple[np.ndarray, int, int]]:
     """(sentence, position of its one polar word, polarity) from reviews whose label agrees with the word."""
     out: list[tuple[np.ndarray, int, int]] = []
     for i in rng.permutation(len(ids)):
@@ -65,8 +79,12 @@ def polar_sentences(ids: list[np.ndarray], labels: list[int], lexicon: dict[int,
                 continue
             pos, polarity = hits[0]
             # the word right after a cue ("was dull"), so the inserted negator reads naturally ("was not dull")
-            if pos == 0 or int(sent[pos - 1]) not in cues or (polarity == 1) != (labels[i] == 1) \
-                    or any(int(t) in negators for t in sent[max(0, pos - 3):pos]):
+            if (
+                pos == 0
+                or int(sent[pos - 1]) not in cues
+                or (polarity == 1) != (labels[i] == 1)
+                or any(int(t) in negators for t in sent[max(0, pos - 3) : pos])
+            ):
                 continue
             out.append((sent, pos, polarity))
             if len(out) >= limit:
@@ -85,7 +103,7 @@ def negation_examples(sentences, insert_ids: list[int], rng: np.random.Generator
 
 
 def contrast_examples(sentences, comma: int, but: int, rng: np.random.Generator, n: int) -> tuple[list, list]:
-    """"A, but B" from sentences of opposite polarity: B's label. The first sentence's final punctuation goes."""
+    """ "A, but B" from sentences of opposite polarity: B's label. The first sentence's final punctuation goes."""
     by_sign = {1: [s for s in sentences if s[2] == 1], -1: [s for s in sentences if s[2] == -1]}
     xs, ys = [], []
     if not by_sign[1] or not by_sign[-1]:
@@ -99,8 +117,9 @@ def contrast_examples(sentences, comma: int, but: int, rng: np.random.Generator,
     return xs, ys
 
 
-def augmentation(train_ids: list[np.ndarray], train_y: list[int], vocab: dict[str, int], count: int,
-                 seed: int) -> tuple[list[np.ndarray], list[int]]:
+def augmentation(
+    train_ids: list[np.ndarray], train_y: list[int], vocab: dict[str, int], count: int, seed: int
+) -> tuple[list[np.ndarray], list[int]]:
     """About `count` negation pairs' worth of examples plus count // 2 contrast examples for one epoch."""
     if count <= 0:
         return [], []
@@ -109,8 +128,7 @@ def augmentation(train_ids: list[np.ndarray], train_y: list[int], vocab: dict[st
     # words only: no punctuation or numbers, and no negators ("has not nothing")
     wordlike = np.zeros(len(vocab), bool)
     wordlike[[i for w, i in vocab.items() if w.isalpha() and w not in NEGATORS]] = True
-    lexicon = polar_lexicon(train_ids, train_y, len(vocab),
-                            predicative=predicative_words(train_ids, cues, len(vocab)) & wordlike)
+    lexicon = polar_lexicon(train_ids, train_y, len(vocab), predicative=predicative_words(train_ids, cues, len(vocab)) & wordlike)
     enders = np.array([vocab[p] for p in (".", "!", "?") if p in vocab], dtype=np.int64)
     negators = {vocab[w] for w in ("not", "never", "no", "n't") if w in vocab}
     sentences = polar_sentences(train_ids, train_y, lexicon, enders, negators, set(cues), rng, limit=count)

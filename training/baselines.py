@@ -33,20 +33,30 @@ def tfidf_baseline(data: str, cfg: TrainConfig | None = None) -> dict:
 
     cfg = cfg or TrainConfig()
     train, val = grouped_split(load_labeled(data), cfg.val_fraction, cfg.seed)
-    vec = TfidfVectorizer(ngram_range=(1, 2), min_df=2, max_features=500_000, sublinear_tf=True,
-                          preprocessor=lambda t: t.replace("<br />", " ").lower())
+    vec = TfidfVectorizer(
+        ngram_range=(1, 2),
+        min_df=2,
+        max_features=500_000,
+        sublinear_tf=True,
+        preprocessor=lambda t: t.replace("<br />", " ").lower(),
+    )
     x_train = vec.fit_transform([e.text for e in train])
     clf = LogisticRegression(C=10.0, max_iter=2000).fit(x_train, [e.label for e in train])
     pred = clf.predict(vec.transform([e.text for e in val]))
     correct = int(np.sum(pred == np.array([e.label for e in val])))
     low, high = wilson_interval(correct, len(val))
-    return {"method": "TF-IDF (1-2-grams, sublinear tf) + logistic regression (C=10)", "val_accuracy": correct / len(val),
-            "interval_95": [round(low, 4), round(high, 4)], "val_reviews": len(val)}
+    return {
+        "method": "TF-IDF (1-2-grams, sublinear tf) + logistic regression (C=10)",
+        "val_accuracy": correct / len(val),
+        "interval_95": [round(low, 4), round(high, 4)],
+        "val_reviews": len(val),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.baselines", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m training.baselines", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--data", default=TrainConfig().data)
     parser.add_argument("--out")
     args = parser.parse_args(argv)

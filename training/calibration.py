@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
     """The T > 0 that minimises validation NLL of softmax(logits / T): a coarse log-grid, then a finer one."""
+
     def nll(t: float) -> float:
         return F.cross_entropy(logits / t, labels).item()
 

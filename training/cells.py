@@ -38,7 +38,7 @@ class _Cell(nn.Module):
         self.w_hh = nn.Parameter(torch.empty(k, hidden_size))
         self.b_ih = nn.Parameter(torch.zeros(k))
         self.b_hh = nn.Parameter(torch.zeros(k))
-        bound = hidden_size ** -0.5
+        bound = hidden_size**-0.5
         for p in (self.w_ih, self.w_hh):
             nn.init.uniform_(p, -bound, bound)
 

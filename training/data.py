@@ -20,8 +20,12 @@ from pathlib import Path
 
 LABELS = ("negative", "positive")
 _LABEL_ALIASES = {
-    "negative": 0, "neg": 0, "0": 0,
-    "positive": 1, "pos": 1, "1": 1,
+    "negative": 0,
+    "neg": 0,
+    "0": 0,
+    "positive": 1,
+    "pos": 1,
+    "1": 1,
 }
 _MEMBER = re.compile(r"(?:^|/)(train|test)/(pos|neg|unsup)/(\d+)_(\d+)\.txt$")
 _URLS = re.compile(r"(?:^|/)(train|test)/urls_(pos|neg|unsup)\.txt$")
@@ -86,6 +90,7 @@ def _tar_files(path: Path) -> Iterator[tuple[str, object]]:
                 return read()
             except _ARCHIVE_ERRORS as exc:
                 raise DataError(f"{path}: cannot read archive ({exc})") from exc
+
         return call
 
     try:

@@ -40,13 +40,15 @@ def load_glove(path: str | Path, vocab: dict[str, int], dim: int, seed: int) -> 
     return coverage_matrix(vocab, vectors.get, dim, seed)
 
 
-def train_word2vec(sentences: list[list[str]], vocab: dict[str, int], dim: int, epochs: int, seed: int,
-                   workers: int = 2) -> tuple[np.ndarray, float]:
+def train_word2vec(
+    sentences: list[list[str]], vocab: dict[str, int], dim: int, epochs: int, seed: int, workers: int = 2
+) -> tuple[np.ndarray, float]:
     from gensim.models import Word2Vec
 
     log.info("word2vec: %d reviews, dim %d, %d epochs", len(sentences), dim, epochs)
-    model = Word2Vec(sentences, vector_size=dim, window=5, min_count=3, sg=0, negative=5, epochs=epochs,
-                     workers=workers, seed=seed)
+    model = Word2Vec(
+        sentences, vector_size=dim, window=5, min_count=3, sg=0, negative=5, epochs=epochs, workers=workers, seed=seed
+    )
     kv = model.wv
     # Scale to the spread torch's own init would have, so pretrained rows don't dominate the random ones.
     scale = 0.5 / max(1e-6, float(np.std(kv.vectors)))

@@ -50,53 +50,83 @@ def speed(rt: ModelRuntime, texts: list[str]) -> dict:
     long_text = " ".join(texts)[:20_000]
     long_enc = rt.encode([long_text])
     timings = {}
-    for name, fn in (("plain_ms", lambda: rt.predict(long_enc)),
-                     ("diagnostics_ms", lambda: rt.diagnose(long_text, long_enc[0]))):
+    for name, fn in (("plain_ms", lambda: rt.predict(long_enc)), ("diagnostics_ms", lambda: rt.diagnose(long_text, long_enc[0]))):
         fn()
         start = time.perf_counter()
         for _ in range(3):
             fn()
         timings[name] = round((time.perf_counter() - start) / 3 * 1000, 1)
-    return {"reviews_per_s": round(batched, 1), "reviews": len(texts),
-            "mean_tokens": round(sum(e.num_tokens for e in enc) / len(enc), 1),
-            "long_review_tokens": long_enc[0].num_tokens, **timings}
+    return {
+        "reviews_per_s": round(batched, 1),
+        "reviews": len(texts),
+        "mean_tokens": round(sum(e.num_tokens for e in enc) / len(enc), 1),
+        "long_review_tokens": long_enc[0].num_tokens,
+        **timings,
+    }
 
 
 def render(metrics: dict, baseline: dict, probe: dict, faith: dict, spd: dict, others: list[dict]) -> str:
     rows = [("this model (network + n-gram branch)", metrics["val_accuracy"])]
     if "val_accuracy_rnn" in metrics:
-        rows += [("its recurrent network alone", metrics["val_accuracy_rnn"]),
-                 ("its n-gram branch alone (NBSVM)", metrics["val_accuracy_ngram"])]
+        rows += [
+            ("its recurrent network alone", metrics["val_accuracy_rnn"]),
+            ("its n-gram branch alone (NBSVM)", metrics["val_accuracy_ngram"]),
+        ]
     rows.append((baseline["method"], baseline["val_accuracy"]))
     rows += [(f"{o['name']} {o['version']} (earlier shipped: {o['arch']})", o["val_accuracy"]) for o in others]
     out = ["## Methods compared (grouped validation split, same reviews)", "", "| method | accuracy |", "|---|---|"]
     out += [f"| {name} | {acc:.4f} |" for name, acc in rows]
-    out += ["", "## Probe suite (tests/quality, CheckList-style minimum functionality)", "",
-            f"Overall **{probe['overall']['pass_rate']:.1%}** ({probe['overall']['passed']}/{probe['overall']['total']}).",
-            "", "| category | pass rate | n |", "|---|---|---|"]
+    out += [
+        "",
+        "## Probe suite (tests/quality, CheckList-style minimum functionality)",
+        "",
+        f"Overall **{probe['overall']['pass_rate']:.1%}** ({probe['overall']['passed']}/{probe['overall']['total']}).",
+        "",
+        "| category | pass rate | n |",
+        "|---|---|---|",
+    ]
     out += [f"| {name} | {c['pass_rate']:.1%} | {c['total']} |" for name, c in probe["categories"].items()]
-    out += ["", "Command: `python -m tests.quality.probes --model-dir exported/<name>`.", "",
-            "## Diagnostics faithfulness (ERASER, top 10% of tokens, log-odds of the predicted class)", "",
-            f"{faith['contribution']['reviews'] if 'contribution' in faith else '?'} validation reviews. Higher "
-            "comprehensiveness and lower sufficiency are better; seconds are per review.", "",
-            "| method | comprehensiveness | sufficiency | seconds |", "|---|---|---|---|"]
-    out += [f"| {m} | {faith[m]['comprehensiveness']:.3f} | {faith[m]['sufficiency']:.3f} | {faith[m]['seconds']:.4f} |"
-            for m in faithfulness.METHODS if m in faith]
+    out += [
+        "",
+        "Command: `python -m tests.quality.probes --model-dir exported/<name>`.",
+        "",
+        "## Diagnostics faithfulness (ERASER, top 10% of tokens, log-odds of the predicted class)",
+        "",
+        f"{faith['contribution']['reviews'] if 'contribution' in faith else '?'} validation reviews. Higher "
+        "comprehensiveness and lower sufficiency are better; seconds are per review.",
+        "",
+        "| method | comprehensiveness | sufficiency | seconds |",
+        "|---|---|---|---|",
+    ]
+    out += [
+        f"| {m} | {faith[m]['comprehensiveness']:.3f} | {faith[m]['sufficiency']:.3f} | {faith[m]['seconds']:.4f} |"
+        for m in faithfulness.METHODS
+        if m in faith
+    ]
     if "contribution_vs_leave_one_out" in faith:
-        out += ["", f"Contributions reach **{faith['contribution_vs_leave_one_out']:.2f}x** leave-one-out's "
-                "comprehensiveness, from the one diagnostics run instead of one run per token."]
-    out += ["", "Command: `python -m training.faithfulness --model-dir exported/<name> --reviews 300`.", "",
-            "## Speed and memory on whole reviews (this 2-core machine, shared)", "",
-            f"- Batched scoring: {spd['reviews_per_s']} reviews/s ({spd['reviews']} validation reviews, mean "
-            f"{spd['mean_tokens']} tokens, whole reviews).",
-            f"- One 20,000-character review ({spd['long_review_tokens']} tokens): {spd['plain_ms']} ms plain, "
-            f"{spd['diagnostics_ms']} ms with diagnostics."]
+        out += [
+            "",
+            f"Contributions reach **{faith['contribution_vs_leave_one_out']:.2f}x** leave-one-out's "
+            "comprehensiveness, from the one diagnostics run instead of one run per token.",
+        ]
+    out += [
+        "",
+        "Command: `python -m training.faithfulness --model-dir exported/<name> --reviews 300`.",
+        "",
+        "## Speed and memory on whole reviews (this 2-core machine, shared)",
+        "",
+        f"- Batched scoring: {spd['reviews_per_s']} reviews/s ({spd['reviews']} validation reviews, mean "
+        f"{spd['mean_tokens']} tokens, whole reviews).",
+        f"- One 20,000-character review ({spd['long_review_tokens']} tokens): {spd['plain_ms']} ms plain, "
+        f"{spd['diagnostics_ms']} ms with diagnostics.",
+    ]
     return "\n".join(out) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m training.evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model-dir", required=True)
     parser.add_argument("--run", required=True, help="the training run folder (caches go here)")
     parser.add_argument("--data", default=TrainConfig().data)
@@ -117,16 +147,19 @@ def main(argv: list[str] | None = None) -> int:
     for other in args.compare:
         m = json.loads((Path(other) / "manifest.json").read_text())
         arch = f"{'bi' if m['model'].get('bidirectional') else 'uni'}directional {m['model']['cell'].upper()}"
-        others.append({"name": m["name"], "version": m["version"], "arch": arch,
-                       "val_accuracy": m["metrics"]["val_accuracy"]})
+        others.append({"name": m["name"], "version": m["version"], "arch": arch, "val_accuracy": m["metrics"]["val_accuracy"]})
     notes = render(manifest["metrics"], baseline, probe, faith, spd, others)
     (run / "evaluation.md").write_text(notes)
     model_card.write(art, manifest, notes=run / "evaluation.md")
     card = art / "MODEL_CARD.md"
     manifest["files"]["MODEL_CARD.md"] = {"sha256": sha256_of(card), "bytes": card.stat().st_size}
-    manifest["evaluation"] = {"probes": probe["overall"], "probe_categories": {k: v["pass_rate"] for k, v in
-                                                                              probe["categories"].items()},
-                              "faithfulness": faith, "baseline": baseline, "speed": spd}
+    manifest["evaluation"] = {
+        "probes": probe["overall"],
+        "probe_categories": {k: v["pass_rate"] for k, v in probe["categories"].items()},
+        "faithfulness": faith,
+        "baseline": baseline,
+        "speed": spd,
+    }
     manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
     print(notes)
     return 0

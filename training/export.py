@@ -38,18 +38,25 @@ from training.train import DERIVED_MODEL_FIELDS
 def diagnostics_contract(cfg: ModelConfig) -> dict:
     """What the diagnostics graph of this architecture can claim (the service reads it; see training/graph.py)."""
     if supports_exact_diagnostics(cfg):
-        return {"running_score": "exact", "contribution": "state_change" + ("+ngram" if cfg.ngram_buckets else ""),
-                "note": "running_score[t] is the model's answer for the text cut after token t; contributions are "
-                        "log-odds and sum with contribution_baseline to the final log-odds"}
-    return {"running_score": None, "contribution": "occlusion",
-            "note": "bidirectional encoder: its backward half reads the whole text first, so no prefix reading "
-                    "exists; contributions come from occlusion (each token replaced by [UNK]), in log-odds"}
+        return {
+            "running_score": "exact",
+            "contribution": "state_change" + ("+ngram" if cfg.ngram_buckets else ""),
+            "note": "running_score[t] is the model's answer for the text cut after token t; contributions are "
+            "log-odds and sum with contribution_baseline to the final log-odds",
+        }
+    return {
+        "running_score": None,
+        "contribution": "occlusion",
+        "note": "bidirectional encoder: its backward half reads the whole text first, so no prefix reading "
+        "exists; contributions come from occlusion (each token replaced by [UNK]), in log-odds",
+    }
 
 
 def source_commit() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
-                              cwd=Path(__file__).parent).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, cwd=Path(__file__).parent
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
@@ -74,14 +81,23 @@ def load_run(run_dir: str | Path) -> tuple[RecurrentClassifier, dict]:
     return model.eval(), saved
 
 
-def export_model(model: RecurrentClassifier, tokenizer_json: str, out: Path, *, name: str, version: str,
-                 train_cfg: TrainConfig, metrics: dict, temperature: float = 1.0, comparison: str | None = None,
-                 notes: str | None = None) -> dict:
+def export_model(
+    model: RecurrentClassifier,
+    tokenizer_json: str,
+    out: Path,
+    *,
+    name: str,
+    version: str,
+    train_cfg: TrainConfig,
+    metrics: dict,
+    temperature: float = 1.0,
+    comparison: str | None = None,
+    notes: str | None = None,
+) -> dict:
     """Write a complete artifact directory; returns its manifest."""
     out.mkdir(parents=True, exist_ok=True)
     exporter = GraphExporter(model, temperature, train_cfg.max_tokens)
-    graphs = {contract.MODEL_FILE: exporter.build(diagnostics=False),
-              contract.DIAGNOSTICS_FILE: exporter.build(diagnostics=True)}
+    graphs = {contract.MODEL_FILE: exporter.build(diagnostics=False), contract.DIAGNOSTICS_FILE: exporter.build(diagnostics=True)}
     externalize(graphs, out / contract.WEIGHTS_FILE)
     for fname, graph in graphs.items():
         onnx.save(graph, out / fname)
@@ -99,31 +115,43 @@ def export_model(model: RecurrentClassifier, tokenizer_json: str, out: Path, *, 
         tokenizer=contract.TokenizerInfo(file=contract.TOKENIZER_FILE, vocab_size=vocab_size, pad_id=0, unk_token="[UNK]"),
         max_tokens=train_cfg.max_tokens,
         truncation=contract.TruncationPolicy(
-            strategy=train_cfg.truncation, head_tokens=train_cfg.head_tokens,
+            strategy=train_cfg.truncation,
+            head_tokens=train_cfg.head_tokens,
             note=f"texts longer than max_tokens keep their first head_tokens and last max_tokens - head_tokens tokens "
-                 f"({train_cfg.truncation}); shorter texts are scored whole"),
+            f"({train_cfg.truncation}); shorter texts are scored whole",
+        ),
         temperature=temperature,
         diagnostics=contract.DiagnosticsContract(**diagnostics_contract(cfg)),
-        onnx={"opset": OPSET, "scoring": contract.MODEL_FILE, "diagnostics": contract.DIAGNOSTICS_FILE,
-              "inputs": {"input_ids": "int64 [batch, tokens]", "lengths": "int64 [batch]"}},
+        onnx={
+            "opset": OPSET,
+            "scoring": contract.MODEL_FILE,
+            "diagnostics": contract.DIAGNOSTICS_FILE,
+            "inputs": {"input_ids": "int64 [batch, tokens]", "lengths": "int64 [batch]"},
+        },
         metrics={k: v for k, v in metrics.items() if k != "history"},
         history=metrics.get("history", []),
-        training={"command": train_command(train_cfg),
-                  "config": {k: v for k, v in asdict(train_cfg).items() if k != "model"},
-                  "source_commit": source_commit()},
+        training={
+            "command": train_command(train_cfg),
+            "config": {k: v for k, v in asdict(train_cfg).items() if k != "model"},
+            "source_commit": source_commit(),
+        },
         files={},
     )
     model_card.write(out, manifest.to_dict(), comparison, notes)
-    manifest.files = {p.name: contract.FileEntry(sha256=sha256_of(p), bytes=p.stat().st_size)
-                      for p in sorted(out.iterdir()) if p.is_file() and p.name != contract.MANIFEST_FILE}
+    manifest.files = {
+        p.name: contract.FileEntry(sha256=sha256_of(p), bytes=p.stat().st_size)
+        for p in sorted(out.iterdir())
+        if p.is_file() and p.name != contract.MANIFEST_FILE
+    }
     written = manifest.to_dict()
     (out / contract.MANIFEST_FILE).write_text(json.dumps(written, indent=2) + "\n")
     return written
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="sentiment-export", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="sentiment-export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--run", required=True, help="training run folder (holds model.pt)")
     parser.add_argument("--out", required=True, help="artifact directory to write, e.g. exported/imdb-lstm")
     parser.add_argument("--name", help="model name (default: the run's name)")
@@ -137,9 +165,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sentiment-export: error: {exc}", file=sys.stderr)
         return 2
     metrics = saved["metrics"]
-    manifest = export_model(model, saved["tokenizer_json"], Path(args.out), name=args.name or saved["train_config"].name,
-                            version=args.version, train_cfg=saved["train_config"], metrics=metrics,
-                            temperature=metrics.get("temperature", 1.0), comparison=args.comparison, notes=args.notes)
+    manifest = export_model(
+        model,
+        saved["tokenizer_json"],
+        Path(args.out),
+        name=args.name or saved["train_config"].name,
+        version=args.version,
+        train_cfg=saved["train_config"],
+        metrics=metrics,
+        temperature=metrics.get("temperature", 1.0),
+        comparison=args.comparison,
+        notes=args.notes,
+    )
     size = sum(f["bytes"] for f in manifest["files"].values())
     print(f"exported {manifest['name']} {manifest['version']} to {args.out} ({size / 1e6:.1f} MB)")
     return 0

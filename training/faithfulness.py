@@ -52,12 +52,11 @@ def method_scores(rt: ModelRuntime, ids: np.ndarray, rng: np.random.Generator) -
     """Per-token scores towards "positive" for every method, and the seconds each took."""
     seconds, scores = {}, {}
     t0 = time.perf_counter()
-    outputs = dict(zip(rt.diagnostic_outputs, rt.diagnostics_session.run(None, rt.pad([Encoded(ids, [], len(ids),
-                                                                                               False)]))))
+    outputs = dict(zip(rt.diagnostic_outputs, rt.diagnostics_session.run(None, rt.pad([Encoded(ids, [], len(ids), False)]))))
     seconds["contribution"] = seconds["running_delta"] = time.perf_counter() - t0
     if "contribution" in outputs:
-        scores["contribution"] = outputs["contribution"][0, :len(ids)].astype(np.float64)
-        running = outputs["running_logodds"][0, :len(ids)].astype(np.float64)
+        scores["contribution"] = outputs["contribution"][0, : len(ids)].astype(np.float64)
+        running = outputs["running_logodds"][0, : len(ids)].astype(np.float64)
         scores["running_delta"] = np.diff(np.concatenate([[0.0], running]))
     t0 = time.perf_counter()
     full = rt.logodds(outputs["logits"])[0]
@@ -70,8 +69,7 @@ def method_scores(rt: ModelRuntime, ids: np.ndarray, rng: np.random.Generator) -
 
 def evaluate(rt: ModelRuntime, texts: list[str], share: float = 0.1, seed: int = 0) -> dict:
     rng = np.random.default_rng(seed)
-    sums: dict[str, dict[str, float]] = {m: {"comprehensiveness": 0.0, "sufficiency": 0.0, "seconds": 0.0}
-                                         for m in METHODS}
+    sums: dict[str, dict[str, float]] = {m: {"comprehensiveness": 0.0, "sufficiency": 0.0, "seconds": 0.0} for m in METHODS}
     counted = dict.fromkeys(METHODS, 0)
     for enc in rt.encode(texts):
         ids = enc.ids
@@ -90,11 +88,13 @@ def evaluate(rt: ModelRuntime, texts: list[str], share: float = 0.1, seed: int =
             sums[method]["sufficiency"] += sign * (full - only)
             sums[method]["seconds"] += seconds[method]
             counted[method] += 1
-    report = {m: {k: round(v / counted[m], 4) for k, v in sums[m].items()} | {"reviews": counted[m]}
-              for m in METHODS if counted[m]}
+    report = {
+        m: {k: round(v / counted[m], 4) for k, v in sums[m].items()} | {"reviews": counted[m]} for m in METHODS if counted[m]
+    }
     if "contribution" in report and "leave_one_out" in report:
         report["contribution_vs_leave_one_out"] = round(
-            report["contribution"]["comprehensiveness"] / report["leave_one_out"]["comprehensiveness"], 3)
+            report["contribution"]["comprehensiveness"] / report["leave_one_out"]["comprehensiveness"], 3
+        )
     return report
 
 
@@ -107,16 +107,16 @@ def validation_texts(data: str, n: int, seed: int = 0) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.faithfulness", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m training.faithfulness", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model-dir", required=True)
     parser.add_argument("--data", default=TrainConfig().data)
     parser.add_argument("--reviews", type=int, default=300)
     parser.add_argument("--out", help="write the report as JSON here")
     args = parser.parse_args(argv)
     rt = ModelRuntime(args.model_dir, intra_op_threads=1)
-    report = {"model": rt.name, "version": rt.version, "share": 0.1,
-              **evaluate(rt, validation_texts(args.data, args.reviews))}
+    report = {"model": rt.name, "version": rt.version, "share": 0.1, **evaluate(rt, validation_texts(args.data, args.reviews))}
     text = json.dumps(report, indent=2)
     print(text)
     if args.out:

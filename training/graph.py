@@ -94,9 +94,18 @@ class GraphExporter:
         for li, layer in enumerate(self.model.layers):
             W, R, B = _onnx_weights(layer.directions, cfg.cell)
             p = f"layer{li}"
-            y, y_h = g.op(_ONNX_OP[cfg.cell], x, g.const(f"{p}.W", W), g.const(f"{p}.R", R), g.const(f"{p}.B", B),
-                          lens32, outputs=2, hidden_size=H, direction="bidirectional" if D == 2 else "forward",
-                          **({"linear_before_reset": 1} if cfg.cell == "gru" else {}))
+            y, y_h = g.op(
+                _ONNX_OP[cfg.cell],
+                x,
+                g.const(f"{p}.W", W),
+                g.const(f"{p}.R", R),
+                g.const(f"{p}.B", B),
+                lens32,
+                outputs=2,
+                hidden_size=H,
+                direction="bidirectional" if D == 2 else "forward",
+                **({"linear_before_reset": 1} if cfg.cell == "gru" else {}),
+            )
             # [T, D, B, H] -> [T, B, D, H]; zero past each length (the spec leaves those values to the runtime).
             y4 = g.op("Mul", g.op("Transpose", y, perm=[0, 2, 1, 3]), g.op("Unsqueeze", mask, g.ints(3)))
             if diagnostics:
@@ -108,23 +117,35 @@ class GraphExporter:
         ngram = self._ngram_per_position(g, ngram_w, mask_b) if ngram_w else None  # [T, B]
         if ngram is None:
             # The head's own logits, as trained; probabilities = softmax(logits / temperature).
-            logits = g.op("Gemm", features, g.const("head.W", _np(self.model.head.weight)),
-                          g.const("head.b", _np(self.model.head.bias)), transB=1, name="logits")
+            logits = g.op(
+                "Gemm",
+                features,
+                g.const("head.W", _np(self.model.head.weight)),
+                g.const("head.b", _np(self.model.head.bias)),
+                transB=1,
+                name="logits",
+            )
         else:
             # Calibrated log-odds z of head + n-gram branch, as two-label logits [-z/2, z/2] times the temperature,
             # so the same softmax(logits / temperature) contract holds.
-            z = g.op("Add", g.op("Squeeze", self._logodds(g, features), g.ints(1)),
-                     g.op("ReduceSum", ngram, g.ints(0), keepdims=0))
-            half = g.op("Mul", g.op("Unsqueeze", z, g.ints(1)), g.op("Mul", temp, g.const("scalar_half",
-                                                                                         np.array(0.5, np.float32))))
+            z = g.op(
+                "Add", g.op("Squeeze", self._logodds(g, features), g.ints(1)), g.op("ReduceSum", ngram, g.ints(0), keepdims=0)
+            )
+            half = g.op(
+                "Mul", g.op("Unsqueeze", z, g.ints(1)), g.op("Mul", temp, g.const("scalar_half", np.array(0.5, np.float32)))
+            )
             logits = g.op("Concat", g.op("Neg", half), half, axis=1, name="logits")
         g.op("Softmax", g.op("Div", logits, temp), axis=1, name="probabilities")
-        outs = [tensor_info("probabilities", TensorProto.FLOAT, ["batch", 2]),
-                tensor_info("logits", TensorProto.FLOAT, ["batch", 2])]
+        outs = [
+            tensor_info("probabilities", TensorProto.FLOAT, ["batch", 2]),
+            tensor_info("logits", TensorProto.FLOAT, ["batch", 2]),
+        ]
         if diagnostics:
             outs += self._diagnostic_outputs(g, x, mask, mask_b, steps, rng, ngram, ngram_w, layer_outputs)
-        inputs = [tensor_info("input_ids", TensorProto.INT64, ["batch", "tokens"]),
-                  tensor_info("lengths", TensorProto.INT64, ["batch"])]
+        inputs = [
+            tensor_info("input_ids", TensorProto.INT64, ["batch", "tokens"]),
+            tensor_info("lengths", TensorProto.INT64, ["batch"]),
+        ]
         kind = "diagnostics" if diagnostics else "scoring"
         return g.model(inputs, outs, OPSET, doc=f"{cfg.cell} sentiment classifier ({kind})")
 
@@ -155,12 +176,14 @@ class GraphExporter:
         cfg = self.cfg
         v1, buckets, order = cfg.vocab_size + 1, cfg.ngram_buckets, cfg.ngram_order
         table = g.const("ngram.table", (_np(self.model.ngram.weight)[:, 0] * self.ngram_scale).astype(np.float32))
-        padded = g.op("Pad", "input_ids", g.ints(0, order - 1, 0, 0), g.const("bos_id", np.array(cfg.vocab_size,
-                                                                                                 np.int64)))
+        padded = g.op("Pad", "input_ids", g.ints(0, order - 1, 0, 0), g.const("bos_id", np.array(cfg.vocab_size, np.int64)))
         unigram = "input_ids"
         if cfg.negation_window:
-            unigram = g.op("Add", unigram, g.op("Mul", g.op("Cast", self._negation_scope(g), to=TensorProto.INT64),
-                                                g.ints(v1 + (order - 1) * buckets)))
+            unigram = g.op(
+                "Add",
+                unigram,
+                g.op("Mul", g.op("Cast", self._negation_scope(g), to=TensorProto.INT64), g.ints(v1 + (order - 1) * buckets)),
+            )
         rows, key = [g.op("Unsqueeze", unigram, g.ints(2))], "input_ids"
         for n in range(2, order + 1):
             earlier = g.op("Slice", padded, g.ints(order - n), g.ints(-(n - 1)), g.ints(1))  # id_{t-n+1}
@@ -202,13 +225,19 @@ class GraphExporter:
                 running = g.op("Add", running, g.op("CumSum", ngram, g.ints(0)))
             running = g.op("Mul", running, g.op("Cast", mask_b, to=TensorProto.FLOAT))
             g.op("Transpose", running, perm=[1, 0], name="running_logodds")
-            g.op("Transpose", g.op("Mul", g.op("Sigmoid", running), g.op("Cast", mask_b, to=TensorProto.FLOAT)),
-                 perm=[1, 0], name="running_positive")
+            g.op(
+                "Transpose",
+                g.op("Mul", g.op("Sigmoid", running), g.op("Cast", mask_b, to=TensorProto.FLOAT)),
+                perm=[1, 0],
+                name="running_positive",
+            )
             contribution, baseline = self._contributions(g, x, mask, mask_b, rng, ngram_w)
             g.op("Transpose", contribution, perm=[1, 0], name="contribution")
             g.op("Identity", baseline, name="contribution_baseline")
-            outs += [tensor_info(n, TensorProto.FLOAT, ["batch", "tokens"])
-                     for n in ("running_logodds", "running_positive", "contribution")]
+            outs += [
+                tensor_info(n, TensorProto.FLOAT, ["batch", "tokens"])
+                for n in ("running_logodds", "running_positive", "contribution")
+            ]
             outs.append(tensor_info("contribution_baseline", TensorProto.FLOAT, ["batch"]))
         H, D, G = cfg.hidden_size, cfg.directions, len(GATE_NAMES[cfg.cell])
         for hidden, gates in layer_outputs:
@@ -260,17 +289,24 @@ class GraphExporter:
             ref_features.append(ref)
         if pooling in ("mean", "meanmax"):
             lengths_f = g.op("Cast", "lengths", to=TensorProto.FLOAT)  # [B]
-            remaining = g.op("Div", g.op("Sub", g.op("Unsqueeze", lengths_f, g.ints(0)),
-                                         g.op("Unsqueeze", g.op("Cast", rng, to=TensorProto.FLOAT), g.ints(1))),
-                             g.op("Unsqueeze", lengths_f, g.ints(0)))  # [T, B]: (L - t) / L
+            remaining = g.op(
+                "Div",
+                g.op(
+                    "Sub",
+                    g.op("Unsqueeze", lengths_f, g.ints(0)),
+                    g.op("Unsqueeze", g.op("Cast", rng, to=TensorProto.FLOAT), g.ints(1)),
+                ),
+                g.op("Unsqueeze", lengths_f, g.ints(0)),
+            )  # [T, B]: (L - t) / L
             mean_w = g.const("w_mean", w[:H, None])
             terms.append(g.op("Mul", g.op("MatMul", dh, mean_w), g.op("Unsqueeze", remaining, g.ints(2))))
             ref_features.append(ref)
         if pooling in ("max", "meanmax"):
             neg = g.const("neg_inf", np.array(-np.inf, np.float32))
             argmax = g.op("ArgMax", g.op("Where", g.op("Unsqueeze", mask_b, g.ints(2)), x, neg), axis=0, keepdims=1)
-            upto = g.op("Cast", g.op("LessOrEqual", g.op("Unsqueeze", rng, g.ints(1, 2)), argmax),
-                        to=TensorProto.FLOAT)  # [T, B, H]: t <= argmax of the unit
+            upto = g.op(
+                "Cast", g.op("LessOrEqual", g.op("Unsqueeze", rng, g.ints(1, 2)), argmax), to=TensorProto.FLOAT
+            )  # [T, B, H]: t <= argmax of the unit
             max_w = g.const("w_max", w[-H:])
             terms.append(g.op("ReduceSum", g.op("Mul", g.op("Mul", dh, upto), max_w), g.ints(2), keepdims=1))
             ref_features.append(ref)
@@ -289,11 +325,24 @@ class GraphExporter:
         """[T, B]: each n-gram's weight split equally between its real tokens (the begin-of-text id is not one)."""
         order = self.cfg.ngram_order
         weights = g.op("Transpose", ngram_w, perm=[1, 0, 2])  # [T, B, order]
-        pos = g.op("Cast", g.op("Add", g.op("Unsqueeze", g.op("Range", g.const("scalar_0", np.array(0, np.int64)),
-                                                                   g.op("Squeeze", g.op("Gather", g.op("Shape", weights),
-                                                                                        g.ints(0), axis=0)),
-                                                                   g.const("scalar_1", np.array(1, np.int64))),
-                                                          g.ints(1)), g.ints(1)), to=TensorProto.FLOAT)  # [T, 1]: t+1
+        pos = g.op(
+            "Cast",
+            g.op(
+                "Add",
+                g.op(
+                    "Unsqueeze",
+                    g.op(
+                        "Range",
+                        g.const("scalar_0", np.array(0, np.int64)),
+                        g.op("Squeeze", g.op("Gather", g.op("Shape", weights), g.ints(0), axis=0)),
+                        g.const("scalar_1", np.array(1, np.int64)),
+                    ),
+                    g.ints(1),
+                ),
+                g.ints(1),
+            ),
+            to=TensorProto.FLOAT,
+        )  # [T, 1]: t+1
         total = None
         for k in range(order):  # order k+1 n-gram ending at s is shared by tokens s-k..s
             n = k + 1
@@ -301,8 +350,11 @@ class GraphExporter:
             w_n = g.op("Mul", w_n, g.op("Cast", mask_b, to=TensorProto.FLOAT))
             share = g.op("Div", w_n, g.op("Min", pos, g.const(f"order_{n}f", np.array(float(n), np.float32))))
             for j in range(n):  # token t receives the share of the n-gram ending at t + j
-                moved = share if j == 0 else g.op("Slice", g.op("Pad", share, g.ints(0, 0, j, 0)), g.ints(j),
-                                                  g.ints(2 ** 62), g.ints(0))
+                moved = (
+                    share
+                    if j == 0
+                    else g.op("Slice", g.op("Pad", share, g.ints(0, 0, j, 0)), g.ints(j), g.ints(2**62), g.ints(0))
+                )
                 total = moved if total is None else g.op("Add", total, moved)
         return total
 
@@ -320,10 +372,16 @@ class GraphExporter:
             else:  # the backward direction's previous state is the one at t+1 (zero past the length)
                 prev = g.op("Pad", g.op("Slice", h, g.ints(1), g.ints(2**62), g.ints(0)), g.ints(0, 0, 0, 1, 0, 0))
             p = f"layer{li}.dir{d}"
-            ax = g.op("Add", g.op("MatMul", x_in, g.const(f"{p}.w_ihT", _np(module.weight_ih_l0).T.copy())),
-                      g.const(f"{p}.b_ih", _np(module.bias_ih_l0)))
-            ah = g.op("Add", g.op("MatMul", prev, g.const(f"{p}.w_hhT", _np(module.weight_hh_l0).T.copy())),
-                      g.const(f"{p}.b_hh", _np(module.bias_hh_l0)))
+            ax = g.op(
+                "Add",
+                g.op("MatMul", x_in, g.const(f"{p}.w_ihT", _np(module.weight_ih_l0).T.copy())),
+                g.const(f"{p}.b_ih", _np(module.bias_ih_l0)),
+            )
+            ah = g.op(
+                "Add",
+                g.op("MatMul", prev, g.const(f"{p}.w_hhT", _np(module.weight_hh_l0).T.copy())),
+                g.const(f"{p}.b_hh", _np(module.bias_hh_l0)),
+            )
             if kind == "lstm":
                 i, f, c, o = g.op("Split", g.op("Add", ax, ah), axis=2, outputs=4)
                 gates = [g.op("Sigmoid", i), g.op("Sigmoid", f), g.op("Tanh", c), g.op("Sigmoid", o)]

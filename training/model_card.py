@@ -12,7 +12,9 @@ def render(manifest: dict, comparison_md: str | None = None, notes: str | None =
     hist = manifest.get("history", [])
     rows = "\n".join(
         f"| {r['epoch']} | {r['train_loss']:.4f} | {r['train_accuracy']:.4f} | {r['val_loss']:.4f} | "
-        f"{r['val_accuracy']:.4f} | {r['seconds']:.0f} | {r['grad_norm_max']:.2f} |" for r in hist)
+        f"{r['val_accuracy']:.4f} | {r['seconds']:.0f} | {r['grad_norm_max']:.2f} |"
+        for r in hist
+    )
     parts = [
         f"# Model card: {manifest['name']} {manifest['version']}",
         "",
@@ -39,12 +41,19 @@ def render(manifest: dict, comparison_md: str | None = None, notes: str | None =
         "## Validation metrics",
         f"- Accuracy: **{met['val_accuracy']:.4f}**{_interval(met, counts)} (best epoch {met.get('best_epoch')} of "
         f"{met.get('epochs_run')}).",
-        *([f"- Parts alone: recurrent network {met['val_accuracy_rnn']:.4f}, n-gram branch "
-           f"{met['val_accuracy_ngram']:.4f}."] if "val_accuracy_rnn" in met else []),
+        *(
+            [f"- Parts alone: recurrent network {met['val_accuracy_rnn']:.4f}, n-gram branch {met['val_accuracy_ngram']:.4f}."]
+            if "val_accuracy_rnn" in met
+            else []
+        ),
         f"- Expected calibration error (15 bins): {met['ece_before']:.4f} before, {met['ece_after']:.4f} after "
         f"calibration; NLL {met['val_nll_before']:.4f} -> {met['val_nll_after']:.4f}."
-        + (f" On sentence crops of the validation reviews (1-3 sentences, the review's label): accuracy "
-           f"{met['crop_accuracy']:.4f}, ECE {met['ece_crops']:.4f}." if "ece_crops" in met else ""),
+        + (
+            f" On sentence crops of the validation reviews (1-3 sentences, the review's label): accuracy "
+            f"{met['crop_accuracy']:.4f}, ECE {met['ece_crops']:.4f}."
+            if "ece_crops" in met
+            else ""
+        ),
         f"- Training time: {met['train_seconds'] / 60:.1f} min on a 2-core CPU (excluding tokenizer and word2vec).",
         "",
         "| epoch | train loss | train acc | val loss | val acc | seconds | max grad norm |",
@@ -59,10 +68,13 @@ def render(manifest: dict, comparison_md: str | None = None, notes: str | None =
         parts += ["", "## Architecture comparison at a fixed budget", "", comparison_md.strip()]
     if notes:
         parts += ["", notes.strip()]
-    parts += ["", "## Limits",
-              "- Trained on movie reviews: other domains (products, tweets) will score less reliably.",
-              "- English only; words outside the vocabulary map to [UNK] (the diagnostics report their share).",
-              f"- Texts over {manifest['max_tokens']} tokens are truncated (the response says so)."]
+    parts += [
+        "",
+        "## Limits",
+        "- Trained on movie reviews: other domains (products, tweets) will score less reliably.",
+        "- English only; words outside the vocabulary map to [UNK] (the diagnostics report their share).",
+        f"- Texts over {manifest['max_tokens']} tokens are truncated (the response says so).",
+    ]
     return "\n".join(parts) + "\n"
 
 
@@ -70,9 +82,11 @@ def _ngram_lines(m: dict, met: dict) -> list[str]:
     if not m.get("ngram_buckets"):
         return []
     a, b, c = met.get("mix", [1.0, 0.0, 0.0])
-    return [f"- Plus a hashed n-gram branch (orders 1-{m['ngram_order']}, {m['ngram_buckets']:,} buckets per order >= 2) "
-            "whose weights are fitted by NB-weighted logistic regression (NBSVM, Wang & Manning 2012) on the training "
-            f"split; final log-odds = {a:.3f} x network + {b:.3f} x n-gram + {c:.3f}, fitted on validation."]
+    return [
+        f"- Plus a hashed n-gram branch (orders 1-{m['ngram_order']}, {m['ngram_buckets']:,} buckets per order >= 2) "
+        "whose weights are fitted by NB-weighted logistic regression (NBSVM, Wang & Manning 2012) on the training "
+        f"split; final log-odds = {a:.3f} x network + {b:.3f} x n-gram + {c:.3f}, fitted on validation."
+    ]
 
 
 def _calibration_line(manifest: dict, met: dict) -> str:

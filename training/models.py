@@ -32,9 +32,7 @@ class RecurrentLayer(nn.Module):
     def __init__(self, cell: str, input_size: int, hidden_size: int, bidirectional: bool):
         super().__init__()
         cls = _CELLS[cell]
-        self.directions = nn.ModuleList(
-            cls(input_size, hidden_size, batch_first=True) for _ in range(2 if bidirectional else 1)
-        )
+        self.directions = nn.ModuleList(cls(input_size, hidden_size, batch_first=True) for _ in range(2 if bidirectional else 1))
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor, rev: torch.Tensor | None) -> torch.Tensor:
         """x [B, T, in] -> [B, T, D*H], zero past each length."""
@@ -53,9 +51,7 @@ class RecurrentClassifier(nn.Module):
         self.cfg = cfg
         self.embedding = nn.Embedding(cfg.vocab_size, cfg.embedding_dim, padding_idx=0)
         sizes = [cfg.embedding_dim] + [cfg.hidden_size * cfg.directions] * (cfg.num_layers - 1)
-        self.layers = nn.ModuleList(
-            RecurrentLayer(cfg.cell, size, cfg.hidden_size, cfg.bidirectional) for size in sizes
-        )
+        self.layers = nn.ModuleList(RecurrentLayer(cfg.cell, size, cfg.hidden_size, cfg.bidirectional) for size in sizes)
         self.embedding_dropout = nn.Dropout1d(cfg.embedding_dropout)
         self.dropout = nn.Dropout(cfg.dropout)
         self.head = nn.Linear(cfg.feature_size, cfg.num_labels)

@@ -24,21 +24,57 @@ import torch.nn.functional as F
 log = logging.getLogger(__name__)
 
 
-NEGATORS = ("not", "no", "never", "n't", "nothing", "nobody", "none", "neither", "nor", "without", "hardly",
-            "don't", "doesn't", "didn't", "isn't", "wasn't", "aren't", "weren't", "can't", "cannot", "couldn't",
-            "won't", "wouldn't", "shouldn't", "haven't", "hasn't", "hadn't", "ain't", "dont", "didnt", "doesnt",
-            "isnt", "wasnt", "cant", "wont")
+NEGATORS = (
+    "not",
+    "no",
+    "never",
+    "n't",
+    "nothing",
+    "nobody",
+    "none",
+    "neither",
+    "nor",
+    "without",
+    "hardly",
+    "don't",
+    "doesn't",
+    "didn't",
+    "isn't",
+    "wasn't",
+    "aren't",
+    "weren't",
+    "can't",
+    "cannot",
+    "couldn't",
+    "won't",
+    "wouldn't",
+    "shouldn't",
+    "haven't",
+    "hasn't",
+    "hadn't",
+    "ain't",
+    "dont",
+    "didnt",
+    "doesnt",
+    "isnt",
+    "wasnt",
+    "cant",
+    "wont",
+)
 SCOPE_BREAKERS = (".", ",", "!", "?", ";", ":", "(", ")", "but", "however", "although", "though")
 
 
 def negation_ids(vocab: dict[str, int]) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """Ids of the negators and of the tokens that end a negation's scope, in this vocabulary."""
-    return (tuple(sorted(vocab[w] for w in NEGATORS if w in vocab)),
-            tuple(sorted(vocab[w] for w in SCOPE_BREAKERS if w in vocab)))
+    return (
+        tuple(sorted(vocab[w] for w in NEGATORS if w in vocab)),
+        tuple(sorted(vocab[w] for w in SCOPE_BREAKERS if w in vocab)),
+    )
 
 
 def negation_scope(ids: torch.Tensor, cfg) -> torch.Tensor:
     """[B, T] bool: token t follows a negator within cfg.negation_window tokens, no scope breaker in between."""
+
     def flags(wanted) -> torch.Tensor:
         table = torch.zeros(cfg.vocab_size + 1, dtype=torch.bool)
         table[list(wanted)] = True
@@ -64,7 +100,7 @@ def ngram_rows(ids: torch.Tensor, cfg) -> torch.Tensor:
         unigram = torch.where(negation_scope(ids, cfg), ids + v1 + (order - 1) * buckets, ids)
     rows, key = [unigram], ids
     for n in range(2, order + 1):
-        earlier = padded[:, order - n: order - n + steps]  # id_{t-n+1}
+        earlier = padded[:, order - n : order - n + steps]  # id_{t-n+1}
         key = earlier * v1 ** (n - 1) + key
         rows.append(v1 + (n - 2) * buckets + key % buckets)
     return torch.stack(rows, dim=-1)
@@ -86,8 +122,7 @@ def count_matrix(docs: list[np.ndarray], cfg):
     return m
 
 
-def fit_nbsvm(train_ids: list[np.ndarray], labels: list[int], cfg, c: float,
-              alpha: float = 1.0) -> tuple[np.ndarray, float]:
+def fit_nbsvm(train_ids: list[np.ndarray], labels: list[int], cfg, c: float, alpha: float = 1.0) -> tuple[np.ndarray, float]:
     """Table weights (coef * r per row) and the intercept of an NB-scaled logistic regression on n-gram counts."""
     from sklearn.linear_model import LogisticRegression
 

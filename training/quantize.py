@@ -53,8 +53,14 @@ def quantize_graph(path: Path, out: Path, per_channel: bool, op_types: tuple[str
     logging.disable(logging.WARNING)
     try:
         # Symmetric int8 weights (zero point 0); the default today, spelled out so that a new default cannot slip in.
-        quantize_dynamic(model, str(out), op_types_to_quantize=list(op_types), per_channel=per_channel,
-                         weight_type=QuantType.QInt8, extra_options={"WeightSymmetric": True})
+        quantize_dynamic(
+            model,
+            str(out),
+            op_types_to_quantize=list(op_types),
+            per_channel=per_channel,
+            weight_type=QuantType.QInt8,
+            extra_options={"WeightSymmetric": True},
+        )
     finally:
         logging.disable(logging.NOTSET)
     return onnx.load(str(out))
@@ -70,8 +76,14 @@ def check_shared(graphs: dict[str, onnx.ModelProto]) -> None:
                 raise QuantizeError(f"{fname}: initializer {t.name!r} differs from the other graph's after quantization")
 
 
-def quantize_artifact(model_dir: str | Path, out: str | Path, name: str | None = None, per_channel: bool = True,
-                      force: bool = False, op_types: tuple[str, ...] = OP_TYPES) -> dict:
+def quantize_artifact(
+    model_dir: str | Path,
+    out: str | Path,
+    name: str | None = None,
+    per_channel: bool = True,
+    force: bool = False,
+    op_types: tuple[str, ...] = OP_TYPES,
+) -> dict:
     """Write the int8 artifact directory `out` from the verified fp32 artifact `model_dir`; returns its manifest."""
     import onnxruntime
 
@@ -102,30 +114,45 @@ def quantize_artifact(model_dir: str | Path, out: str | Path, name: str | None =
     new["name"] = name or f"{manifest['name']}-int8"
     new["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     new["quantization"] = {
-        "method": "onnxruntime.quantization.quantize_dynamic", "onnxruntime": onnxruntime.__version__,
-        "weights": "recurrent W and R: int8 symmetric" + (", per output channel" if per_channel else ", per tensor")
-                   + "; embedding table: 8-bit (uint8, zero point)",
+        "method": "onnxruntime.quantization.quantize_dynamic",
+        "onnxruntime": onnxruntime.__version__,
+        "weights": "recurrent W and R: int8 symmetric"
+        + (", per output channel" if per_channel else ", per tensor")
+        + "; embedding table: 8-bit (uint8, zero point)",
         "activations": "uint8, scale computed per call",
-        "op_types": list(op_types), "recurrent_cell": "int8 (DynamicQuantizeLSTM)" if quantized_cell
-        else f"fp32 ({cell}: " + ("not asked for)" if cell == "lstm" and "LSTM" not in op_types
-                                  else "onnxruntime has no dynamic int8 kernel for it)"),
-        "source": {"name": manifest["name"], "version": manifest["version"],
-                   "model.onnx": manifest["files"]["model.onnx"]["sha256"],
-                   "weights.bin": manifest["files"].get("weights.bin", {}).get("sha256")},
+        "op_types": list(op_types),
+        "recurrent_cell": "int8 (DynamicQuantizeLSTM)"
+        if quantized_cell
+        else f"fp32 ({cell}: "
+        + ("not asked for)" if cell == "lstm" and "LSTM" not in op_types else "onnxruntime has no dynamic int8 kernel for it)"),
+        "source": {
+            "name": manifest["name"],
+            "version": manifest["version"],
+            "model.onnx": manifest["files"]["model.onnx"]["sha256"],
+            "weights.bin": manifest["files"].get("weights.bin", {}).get("sha256"),
+        },
         "scoring_ops": dict(sorted(ops.items())),
     }
     if "diagnostics" in manifest:
-        new["diagnostics"] = {**manifest["diagnostics"], "quantized": "the diagnostics graph quantizes the same "
-                              "weights the same way, so it explains this int8 network; per-gate recomputation uses the "
-                              "fp32 gate weights"}
+        new["diagnostics"] = {
+            **manifest["diagnostics"],
+            "quantized": "the diagnostics graph quantizes the same "
+            "weights the same way, so it explains this int8 network; per-gate recomputation uses the "
+            "fp32 gate weights",
+        }
     card = (src / "MODEL_CARD.md").read_text(encoding="utf-8") if (src / "MODEL_CARD.md").is_file() else ""
     (out / "MODEL_CARD.md").write_text(
         card.rstrip() + f"\n\n## int8 variant `{new['name']}`\n\nMade by `python -m training.quantize` from "
         f"`{manifest['name']}` {manifest['version']}: {new['quantization']['weights']} weights for "
         f"{', '.join(op_types)} ({new['quantization']['recurrent_cell']}). The metrics above are the fp32 model's; "
-        "measure this variant with `--evaluate`.\n", encoding="utf-8")
-    new["files"] = {p.name: {"sha256": sha256_of(p), "bytes": p.stat().st_size}
-                    for p in sorted(out.iterdir()) if p.is_file() and p.name != "manifest.json"}
+        "measure this variant with `--evaluate`.\n",
+        encoding="utf-8",
+    )
+    new["files"] = {
+        p.name: {"sha256": sha256_of(p), "bytes": p.stat().st_size}
+        for p in sorted(out.iterdir())
+        if p.is_file() and p.name != "manifest.json"
+    }
     (out / "manifest.json").write_text(json.dumps(new, indent=2) + "\n")
     return new
 
@@ -142,19 +169,22 @@ def validation_split(data: str, limit: int = 0) -> tuple[list[str], np.ndarray]:
     return [e.text for e in val], np.array([e.label for e in val])
 
 
-def evaluate(fp32_dir: Path, int8_dir: Path, texts: list[str], labels: np.ndarray, threads: int = 1,
-             batch_size: int = 64, rounds: int = 2) -> dict:
+def evaluate(
+    fp32_dir: Path, int8_dir: Path, texts: list[str], labels: np.ndarray, threads: int = 1, batch_size: int = 64, rounds: int = 2
+) -> dict:
     """Accuracy, agreement, batched speed and size of the two artifacts. Speed: the two models take turns batch by
     batch (length-sorted batches of `batch_size`, `rounds` passes), so a burst of other load on a shared machine
     falls on both alike; the speedup is the median of the per-batch time ratios."""
     from service.runtime import ModelRuntime
 
-    rts = {"fp32": ModelRuntime(fp32_dir, intra_op_threads=threads, inter_op_threads=1),
-           "int8": ModelRuntime(int8_dir, intra_op_threads=threads, inter_op_threads=1)}
+    rts = {
+        "fp32": ModelRuntime(fp32_dir, intra_op_threads=threads, inter_op_threads=1),
+        "int8": ModelRuntime(int8_dir, intra_op_threads=threads, inter_op_threads=1),
+    }
     encoded = rts["fp32"].encode(texts)  # same tokenizer file in both
     probs = {k: rt.predict(encoded, batch_size) for k, rt in rts.items()}  # also the warm-up
     order = sorted(range(len(encoded)), key=lambda i: encoded[i].num_tokens)
-    chunks = [[encoded[i] for i in order[s:s + batch_size]] for s in range(0, len(order), batch_size)]
+    chunks = [[encoded[i] for i in order[s : s + batch_size]] for s in range(0, len(order), batch_size)]
     seconds = {k: 0.0 for k in rts}
     ratios = []
     for _ in range(rounds):
@@ -166,15 +196,22 @@ def evaluate(fp32_dir: Path, int8_dir: Path, texts: list[str], labels: np.ndarra
                 took[k] = time.perf_counter() - start
                 seconds[k] += took[k]
             ratios.append(took["fp32"] / took["int8"])
-    report: dict = {"reviews": len(texts), "mean_tokens": float(np.mean([e.num_tokens for e in encoded])),
-                    "threads": threads, "batch_size": batch_size, "rounds": rounds}
+    report: dict = {
+        "reviews": len(texts),
+        "mean_tokens": float(np.mean([e.num_tokens for e in encoded])),
+        "threads": threads,
+        "batch_size": batch_size,
+        "rounds": rounds,
+    }
     for k, rt in rts.items():
         pred = probs[k].argmax(1)
-        report[k] = {"name": rt.name, "accuracy": float((pred == labels).mean()) if len(labels) else None,
-                     "reviews_per_s": len(texts) * rounds / seconds[k],
-                     "bytes": sum(f["bytes"] for f in rt.manifest["files"].values()),
-                     "onnx_and_weights_bytes": sum(f["bytes"] for n, f in rt.manifest["files"].items()
-                                                   if n.endswith((".onnx", ".bin")))}
+        report[k] = {
+            "name": rt.name,
+            "accuracy": float((pred == labels).mean()) if len(labels) else None,
+            "reviews_per_s": len(texts) * rounds / seconds[k],
+            "bytes": sum(f["bytes"] for f in rt.manifest["files"].values()),
+            "onnx_and_weights_bytes": sum(f["bytes"] for n, f in rt.manifest["files"].items() if n.endswith((".onnx", ".bin"))),
+        }
     report["accuracy_change_points"] = (report["int8"]["accuracy"] - report["fp32"]["accuracy"]) * 100
     report["speedup"] = float(np.median(ratios))
     report["speedup_batch_quartiles"] = [float(np.percentile(ratios, q)) for q in (25, 75)]
@@ -201,14 +238,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--report", help="write the --evaluate report as JSON here")
     args = p.parse_args(argv)
     try:
-        manifest = quantize_artifact(args.model_dir, args.out, args.name, per_channel=not args.per_tensor,
-                                     force=args.force, op_types=tuple(t.strip() for t in args.op_types.split(",") if t.strip()))
+        manifest = quantize_artifact(
+            args.model_dir,
+            args.out,
+            args.name,
+            per_channel=not args.per_tensor,
+            force=args.force,
+            op_types=tuple(t.strip() for t in args.op_types.split(",") if t.strip()),
+        )
     except (ArtifactError, QuantizeError, OSError) as exc:
         print(f"quantize: error: {exc}", file=sys.stderr)
         return 2
     size = sum(f["bytes"] for f in manifest["files"].values())
-    print(f"quantize: wrote {manifest['name']} to {args.out} ({size / 1e6:.1f} MB; "
-          f"{manifest['quantization']['recurrent_cell']})")
+    print(f"quantize: wrote {manifest['name']} to {args.out} ({size / 1e6:.1f} MB; {manifest['quantization']['recurrent_cell']})")
     if not args.evaluate:
         return 0
     try:
@@ -216,9 +258,12 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # training.data raises DataError and OSError subclasses for unreadable data
         print(f"quantize: error: cannot read {args.data}: {exc}", file=sys.stderr)
         return 2
-    report = {"source": str(args.model_dir), "quantized": str(args.out), "data": str(args.data),
-              **evaluate(Path(args.model_dir), Path(args.out), texts, labels, threads=args.threads,
-                        rounds=args.rounds)}
+    report = {
+        "source": str(args.model_dir),
+        "quantized": str(args.out),
+        "data": str(args.data),
+        **evaluate(Path(args.model_dir), Path(args.out), texts, labels, threads=args.threads, rounds=args.rounds),
+    }
     text = json.dumps(report, indent=2)
     print(text)
     if args.report:

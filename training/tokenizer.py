@@ -12,8 +12,7 @@ from tokenizers.trainers import WordLevelTrainer
 from service.tokenization import PAD, UNK
 
 # Review text comes scraped from HTML: line breaks as <br />, stray tags, entities.
-_ENTITIES = {"&amp;": "&", "&quot;": '"', "&#39;": "'", "&#039;": "'", "&apos;": "'", "&lt;": "<", "&gt;": ">",
-             "&nbsp;": " "}
+_ENTITIES = {"&amp;": "&", "&quot;": '"', "&#39;": "'", "&#039;": "'", "&apos;": "'", "&lt;": "<", "&gt;": ">", "&nbsp;": " "}
 # Bounded whitespace, not `\s*`: the unbounded form backtracks quadratically ("<br" + 20,000 spaces took 0.7 s to
 # clean, blocking everything else); real markup never has more than a few spaces inside a tag.
 BR_PATTERN = r"<\s{0,8}br\s{0,8}/?\s{0,8}>"
@@ -37,7 +36,6 @@ def new_tokenizer() -> Tokenizer:
 
 def build_tokenizer(texts: Iterable[str], max_vocab: int, min_frequency: int) -> Tokenizer:
     tok = new_tokenizer()
-    trainer = WordLevelTrainer(vocab_size=max_vocab, min_frequency=min_frequency, special_tokens=[PAD, UNK],
-                               show_progress=False)
+    trainer = WordLevelTrainer(vocab_size=max_vocab, min_frequency=min_frequency, special_tokens=[PAD, UNK], show_progress=False)
     tok.train_from_iterator(texts, trainer=trainer)
     return tok

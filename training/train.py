@@ -25,6 +25,7 @@ from tqdm import tqdm
 from service.contract import TRUNCATIONS
 from service.tokenization import TextTokenizer
 from training.augment import augmentation
+from training.batches import batches, sentence_crops, sentence_enders
 from training.calibration import expected_calibration_error, fit_temperature
 from training.config import ModelConfig, TrainConfig
 from training.data import DataError, grouped_split, load_labeled, load_unlabeled
@@ -77,65 +78,10 @@ def prepare(cfg: TrainConfig, out: Path) -> dict:
         "val": encode(val),
         "embeddings": None if embeddings is None else torch.from_numpy(embeddings),
         "embedding_coverage": coverage,
-        "counts": {"train": len(train), "val": len(val), "unlabeled": len(unsup),
-                   "val_films": len({e.group for e in val})},
+        "counts": {"train": len(train), "val": len(val), "unlabeled": len(unsup), "val_films": len({e.group for e in val})},
     }
     torch.save(prepared, cache)
     return prepared
-
-
-def sentence_crops(ids: list[np.ndarray], labels: list[int], enders: np.ndarray, share: float, seed: int,
-                   min_tokens: int = 3) -> tuple[list[np.ndarray], list[int]]:
-    """1-3 consecutive sentences from a random `share` of the reviews, each with its review's label."""
-    rng = np.random.default_rng(seed)
-    out_ids, out_y = [], []
-    for i in np.flatnonzero(rng.random(len(ids)) < share):
-        row = ids[i]
-        ends = np.flatnonzero(np.isin(row, enders)) + 1
-        bounds = np.unique(np.concatenate([[0], ends, [len(row)]]))
-        if len(bounds) < 3:
-            continue
-        k = int(rng.integers(1, 4))
-        start = int(rng.integers(0, max(1, len(bounds) - 1 - k) + 1))
-        crop = row[bounds[start]: bounds[min(start + k, len(bounds) - 1)]]
-        if len(crop) >= min_tokens:
-            out_ids.append(crop)
-            out_y.append(labels[i])
-    return out_ids, out_y
-
-
-def sentence_enders(tokenizer_json: str) -> np.ndarray:
-    vocab = json.loads(tokenizer_json)["model"]["vocab"]
-    return np.array([vocab[p] for p in (".", "!", "?") if p in vocab], dtype=np.int64)
-
-
-def batches(ids: list[np.ndarray], labels: list[int], batch_size: int, seed: int | None,
-            max_batch_tokens: int = 64 * 400):
-    """Length-bucketed batches: shuffled (when seeded) then sorted inside chunks so a batch has similar lengths;
-    long reviews come in smaller batches (at most `max_batch_tokens` padded tokens) so memory stays flat."""
-    order = list(range(len(ids)))
-    if seed is not None:
-        random.Random(seed).shuffle(order)
-    chunk = batch_size * 50
-    groups = []
-    for start in range(0, len(order), chunk):
-        part = sorted(order[start:start + chunk], key=lambda i: len(ids[i]))
-        group: list[int] = []
-        for i in part:
-            if group and (len(group) >= batch_size or (len(group) + 1) * len(ids[i]) > max_batch_tokens):
-                groups.append(group)
-                group = []
-            group.append(i)
-        if group:
-            groups.append(group)
-    if seed is not None:
-        random.Random(seed + 1).shuffle(groups)
-    for group in groups:
-        lengths = torch.tensor([max(1, len(ids[i])) for i in group])
-        x = torch.zeros(len(group), int(lengths.max()), dtype=torch.long)
-        for row, i in enumerate(group):
-            x[row, : len(ids[i])] = torch.from_numpy(ids[i])
-        yield x, lengths, torch.tensor([labels[i] for i in group])
 
 
 @torch.no_grad()
@@ -206,8 +152,14 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         epoch_ids, epoch_y = list(train_ids) + crop_ids + aug_ids, list(train_y) + crop_y + aug_y
         steps = math.ceil(len(epoch_ids) / cfg.batch_size)
         # Not a terminal (a background run): a line every 30 s in the log instead of a bar.
-        bar = tqdm(batches(epoch_ids, epoch_y, cfg.batch_size, cfg.seed + epoch), total=steps, desc=f"epoch {epoch}",
-                   file=sys.stderr, mininterval=5 if sys.stderr.isatty() else 30, dynamic_ncols=True)
+        bar = tqdm(
+            batches(epoch_ids, epoch_y, cfg.batch_size, cfg.seed + epoch),
+            total=steps,
+            desc=f"epoch {epoch}",
+            file=sys.stderr,
+            mininterval=5 if sys.stderr.isatty() else 30,
+            dynamic_ncols=True,
+        )
         for x, lengths, y in bar:
             logits = model.rnn_logits(x, lengths)
             loss = F.cross_entropy(logits, y)
@@ -224,9 +176,16 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         val = evaluate(model, val_ids, val_y)
         took = time.time() - start
         state["elapsed"] += took
-        row = {"epoch": epoch, "train_loss": loss_sum / seen, "train_accuracy": correct / seen,
-               "val_loss": val["loss"], "val_accuracy": val["accuracy"], "seconds": round(took, 1),
-               "grad_norm_median": float(np.median(grad_norms)), "grad_norm_max": float(np.max(grad_norms))}
+        row = {
+            "epoch": epoch,
+            "train_loss": loss_sum / seen,
+            "train_accuracy": correct / seen,
+            "val_loss": val["loss"],
+            "val_accuracy": val["accuracy"],
+            "seconds": round(took, 1),
+            "grad_norm_median": float(np.median(grad_norms)),
+            "grad_norm_max": float(np.max(grad_norms)),
+        }
         if cfg.model.ngram_buckets:
             # Epochs are chosen by what ships: the network together with the n-gram branch and a mix refitted for
             # this epoch. A network that is weaker alone can be the better partner (measured: 0.904 alone, 0.922
@@ -242,8 +201,16 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
             state["bad_epochs"] += 1
         state["epoch"] = epoch
         tmp = ckpt_path.with_suffix(".tmp")
-        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "state": state, "train_config": cfg,
-                    "torch_rng": torch.get_rng_state()}, tmp)
+        torch.save(
+            {
+                "model": model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "state": state,
+                "train_config": cfg,
+                "torch_rng": torch.get_rng_state(),
+            },
+            tmp,
+        )
         tmp.replace(ckpt_path)  # atomic: a stop mid-save keeps the previous checkpoint
     return finish(cfg, model, state, prepared, out)
 
@@ -296,11 +263,16 @@ def fit_branch(cfg: TrainConfig, model: RecurrentClassifier, prepared: dict, out
     mix = fit_mix(rnn, ngram, y)
     model.mix.copy_(torch.tensor(mix))
     combined = mix[0] * (rnn[:, 1] - rnn[:, 0]) + mix[1] * ngram + mix[2]
-    return {"val_accuracy": ((combined > 0).long() == y).float().mean().item(), "mix": mix, "ngram_c": cfg.ngram_c,
-            "negation_window": mc.negation_window, "ngram_intercept": intercept,
-            "ngram_fit_seconds": round(time.time() - start, 1),
-            "val_accuracy_rnn": (rnn.argmax(1) == y).float().mean().item(),
-            "val_accuracy_ngram": ((ngram + intercept > 0).long() == y).float().mean().item()}
+    return {
+        "val_accuracy": ((combined > 0).long() == y).float().mean().item(),
+        "mix": mix,
+        "ngram_c": cfg.ngram_c,
+        "negation_window": mc.negation_window,
+        "ngram_intercept": intercept,
+        "ngram_fit_seconds": round(time.time() - start, 1),
+        "val_accuracy_rnn": (rnn.argmax(1) == y).float().mean().item(),
+        "val_accuracy_ngram": ((ngram + intercept > 0).long() == y).float().mean().item(),
+    }
 
 
 def finish(cfg: TrainConfig, model, state, prepared, out: Path) -> dict:
@@ -311,8 +283,9 @@ def finish(cfg: TrainConfig, model, state, prepared, out: Path) -> dict:
     # With an n-gram branch the mix already calibrates; temperature is then 1.
     temperature = 1.0 if extra else fit_temperature(logits, y)
     probs_raw, probs_cal = logits.softmax(1), (logits / temperature).softmax(1)
-    crop_ids, crop_y = sentence_crops(prepared["val"][0], prepared["val"][1],
-                                      sentence_enders(prepared["tokenizer_json"]), 1.0, cfg.seed)
+    crop_ids, crop_y = sentence_crops(
+        prepared["val"][0], prepared["val"][1], sentence_enders(prepared["tokenizer_json"]), 1.0, cfg.seed
+    )
     crop_logits, crop_labels = predict_logits(model, crop_ids, crop_y)
     metrics = {
         "val_accuracy": (logits.argmax(1) == y).float().mean().item(),
@@ -332,11 +305,25 @@ def finish(cfg: TrainConfig, model, state, prepared, out: Path) -> dict:
         "history": state["history"],
     }
     state["best_state"] = {k: v.clone() for k, v in model.state_dict().items()}
-    torch.save({"model": state["best_state"], "model_config": cfg.model, "train_config": cfg,
-                "tokenizer_json": prepared["tokenizer_json"], "metrics": metrics}, out / "model.pt")
+    torch.save(
+        {
+            "model": state["best_state"],
+            "model_config": cfg.model,
+            "train_config": cfg,
+            "tokenizer_json": prepared["tokenizer_json"],
+            "metrics": metrics,
+        },
+        out / "model.pt",
+    )
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    log.info("best validation accuracy %.4f (epoch %d); temperature %.3f; ECE %.4f -> %.4f",
-             metrics["val_accuracy"], metrics["best_epoch"], temperature, metrics["ece_before"], metrics["ece_after"])
+    log.info(
+        "best validation accuracy %.4f (epoch %d); temperature %.3f; ECE %.4f -> %.4f",
+        metrics["val_accuracy"],
+        metrics["best_epoch"],
+        temperature,
+        metrics["ece_before"],
+        metrics["ece_after"],
+    )
     return metrics
 
 
@@ -358,8 +345,9 @@ def _add_dataclass_args(parser: argparse.ArgumentParser, cls, skip=("model",)) -
 
 
 def parse_config(argv: list[str] | None = None) -> tuple[TrainConfig, bool]:
-    parser = argparse.ArgumentParser(prog="sentiment-train", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="sentiment-train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     _add_dataclass_args(parser, TrainConfig)
     _add_dataclass_args(parser, ModelConfig, skip=("vocab_size", "num_labels") + DERIVED_MODEL_FIELDS)
     parser.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")

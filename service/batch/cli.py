@@ -62,8 +62,12 @@ EXIT_STATUS = """exit status:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="sentiment-score", description="Score reviews in a file (or stdin) in batches.",
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXIT_STATUS)
+    p = argparse.ArgumentParser(
+        prog="sentiment-score",
+        description="Score reviews in a file (or stdin) in batches.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EXIT_STATUS,
+    )
     p.add_argument("input", help="input file; '-' reads JSONL from stdin")
     p.add_argument("-o", "--output", default="-", help="output file (.jsonl default, .csv, .parquet); '-' = stdout")
     p.add_argument("--input-format", choices=INPUT_FORMATS, help="override the format the extension implies")
@@ -72,21 +76,37 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--model-dir", help=f"an artifact directory or a folder of them (default: {DEFAULT_MODEL_ROOT})")
     model.add_argument("--model", help=f"which artifact in that folder, by name (default: {DEFAULT_MODEL_NAME} if present)")
     model.add_argument("--providers", help="onnxruntime execution providers, e.g. 'cuda,cpu' (default: CUDA if present)")
-    model.add_argument("--threads", type=int, default=None,
-                       help="onnxruntime intra-op threads (default: all cores locally, 1 per Ray actor)")
+    model.add_argument(
+        "--threads", type=int, default=None, help="onnxruntime intra-op threads (default: all cores locally, 1 per Ray actor)"
+    )
     rows = p.add_argument_group("rows")
     rows.add_argument("--text-field", default="text", help="field holding the review (default: text)")
     rows.add_argument("--id-field", default=None, help="field holding the row id (default: id; the row number if absent)")
     rows.add_argument("--keep-fields", default="", help="comma-separated input fields to copy to the output")
-    rows.add_argument("--diagnostics", action="store_true",
-                      help="add top positive/negative tokens, unknown share and the mean forget/update gate")
-    rows.add_argument("--on-error", choices=("skip", "fail"), default="skip",
-                      help="bad rows: written with an 'error' field (skip, default) or stop the job (fail, exit 1)")
-    rows.add_argument("--max-text-chars", type=int, default=DEFAULT_MAX_TEXT_CHARS,
-                      help=f"longer texts are bad rows (default: {DEFAULT_MAX_TEXT_CHARS:,}, the HTTP service's limit)")
-    rows.add_argument("--max-line-bytes", type=int, default=None,
-                      help="longer lines (JSONL, CSV, text) are bad rows, never read whole (default: 1 MiB, or 8 "
-                           "bytes per --max-text-chars if more)")
+    rows.add_argument(
+        "--diagnostics",
+        action="store_true",
+        help="add top positive/negative tokens, unknown share and the mean forget/update gate",
+    )
+    rows.add_argument(
+        "--on-error",
+        choices=("skip", "fail"),
+        default="skip",
+        help="bad rows: written with an 'error' field (skip, default) or stop the job (fail, exit 1)",
+    )
+    rows.add_argument(
+        "--max-text-chars",
+        type=int,
+        default=DEFAULT_MAX_TEXT_CHARS,
+        help=f"longer texts are bad rows (default: {DEFAULT_MAX_TEXT_CHARS:,}, the HTTP service's limit)",
+    )
+    rows.add_argument(
+        "--max-line-bytes",
+        type=int,
+        default=None,
+        help="longer lines (JSONL, CSV, text) are bad rows, never read whole (default: 1 MiB, or 8 "
+        "bytes per --max-text-chars if more)",
+    )
     job = p.add_argument_group("job")
     job.add_argument("--resume", action="store_true", help="continue an interrupted run into the same output")
     job.add_argument("--restart", action="store_true", help="discard an interrupted run's partial output and start over")
@@ -98,8 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
     ray.add_argument("--engine", choices=("local", "ray"), default="local", help="run here (default) or on Ray Data")
     ray.add_argument("--ray-address", help="existing Ray cluster ('auto', 'ray://host:10001'); default: a local Ray")
     ray.add_argument("--ray-concurrency", type=int, help="scoring actors (default: the cluster's CPUs minus one)")
-    ray.add_argument("--ray-model-path", action="store_true",
-                     help="workers load --model-dir from their own filesystem instead of receiving the artifact's bytes")
+    ray.add_argument(
+        "--ray-model-path",
+        action="store_true",
+        help="workers load --model-dir from their own filesystem instead of receiving the artifact's bytes",
+    )
     return p
 
 
@@ -123,15 +146,31 @@ def make_job(args: argparse.Namespace) -> Job:
         if not out.parent.is_dir():
             raise InputError(f"output directory {out.parent} does not exist")
     job = Job(
-        input=args.input, output=args.output, input_format=fmt_in, output_format=fmt_out,
+        input=args.input,
+        output=args.output,
+        input_format=fmt_in,
+        output_format=fmt_out,
         model=resolve_model(args.model_dir, args.model),
-        text_field=args.text_field, id_field=args.id_field or "id", id_explicit=args.id_field is not None,
+        text_field=args.text_field,
+        id_field=args.id_field or "id",
+        id_explicit=args.id_field is not None,
         keep_fields=list(dict.fromkeys(f.strip() for f in args.keep_fields.split(",") if f.strip())),
-        diagnostics=args.diagnostics, on_error=args.on_error, chunk_size=args.chunk_size, batch_size=args.batch_size,
-        resume=args.resume, restart=args.restart, max_text_chars=args.max_text_chars,
-        max_line_bytes=args.max_line_bytes or default_max_line_bytes(args.max_text_chars), quiet=args.quiet,
-        summary_json=args.summary_json, providers=args.providers, threads=args.threads, ray_address=args.ray_address,
-        ray_concurrency=args.ray_concurrency, ray_model_path=args.ray_model_path)
+        diagnostics=args.diagnostics,
+        on_error=args.on_error,
+        chunk_size=args.chunk_size,
+        batch_size=args.batch_size,
+        resume=args.resume,
+        restart=args.restart,
+        max_text_chars=args.max_text_chars,
+        max_line_bytes=args.max_line_bytes or default_max_line_bytes(args.max_text_chars),
+        quiet=args.quiet,
+        summary_json=args.summary_json,
+        providers=args.providers,
+        threads=args.threads,
+        ray_address=args.ray_address,
+        ray_concurrency=args.ray_concurrency,
+        ray_model_path=args.ray_model_path,
+    )
     job.refuse_writing_over_input()
     return job
 

@@ -42,6 +42,16 @@ def arrow_types() -> dict:
     """The Arrow type of every column scoring writes (ids and kept fields keep whatever type their values have)."""
     pa = require_pyarrow()
     strings = pa.list_(pa.string())
-    return {"label": pa.string(), "score": pa.float64(), "num_tokens": pa.int64(), "truncated": pa.bool_(),
-            "error": pa.string(), "top_positive": strings, "top_negative": strings, "unknown_share": pa.float64(),
-            "warnings": strings, "mean_forget_gate": pa.float64(), "mean_update_gate": pa.float64()}
+    return {
+        "label": pa.string(),
+        "score": pa.float64(),
+        "num_tokens": pa.int64(),
+        "truncated": pa.bool_(),
+        "error": pa.string(),
+        "top_positive": strings,
+        "top_negative": strings,
+        "unknown_share": pa.float64(),
+        "warnings": strings,
+        "mean_forget_gate": pa.float64(),
+        "mean_update_gate": pa.float64(),
+    }

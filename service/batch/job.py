@@ -17,8 +17,16 @@ from service.settings import Settings
 
 INPUT_FORMATS = ("jsonl", "csv", "parquet", "text")
 OUTPUT_FORMATS = ("jsonl", "csv", "parquet")
-_EXTENSIONS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv", ".parquet": "parquet",
-               ".pq": "parquet", ".txt": "text", ".text": "text"}
+_EXTENSIONS = {
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "jsonl",
+    ".csv": "csv",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".txt": "text",
+    ".text": "text",
+}
 # A chunk is the unit of reading, checkpointing and resuming: big enough that length-sorting inside it leaves
 # little padding and per-chunk fsyncs cost nothing, small enough that a kill loses seconds of work.
 DEFAULT_CHUNK_SIZE = 4096
@@ -33,8 +41,7 @@ def input_format(path: str, override: str | None = None) -> str:
         return "jsonl"
     fmt = _EXTENSIONS.get(Path(path).suffix.lower())
     if fmt is None:
-        raise InputError(f"cannot tell the format of {path} from its extension; pass --input-format "
-                         f"({', '.join(INPUT_FORMATS)})")
+        raise InputError(f"cannot tell the format of {path} from its extension; pass --input-format ({', '.join(INPUT_FORMATS)})")
     return fmt
 
 
@@ -80,10 +87,23 @@ class Job:
         src = {"input": self.input}
         if self.input != "-":
             src = {"input": str(Path(self.input).resolve()), "input_size": Path(self.input).stat().st_size}
-        keys = ("input_format", "output_format", "text_field", "id_field", "keep_fields", "diagnostics", "chunk_size",
-                "batch_size", "max_text_chars", "max_line_bytes")
-        model = {"name": manifest["name"], "version": manifest["version"],
-                 "sha256": manifest["files"]["model.onnx"].get("sha256")}
+        keys = (
+            "input_format",
+            "output_format",
+            "text_field",
+            "id_field",
+            "keep_fields",
+            "diagnostics",
+            "chunk_size",
+            "batch_size",
+            "max_text_chars",
+            "max_line_bytes",
+        )
+        model = {
+            "name": manifest["name"],
+            "version": manifest["version"],
+            "sha256": manifest["files"]["model.onnx"].get("sha256"),
+        }
         return {**src, **{k: getattr(self, k) for k in keys}, "model": model}
 
     def set_columns(self, manifest: dict) -> None:
@@ -109,10 +129,13 @@ class Job:
             return
         paths = []
         if self.output != "-" and "://" not in self.output:
-            paths += [("the output", self.output), ("the output's partial file", self.output + ".partial"),
-                      ("the output's parts", self.output + ".parts"),
-                      ("the checkpoint", self.output + ".checkpoint.json"),
-                      ("the checkpoint's temporary file", self.output + ".checkpoint.json.tmp")]
+            paths += [
+                ("the output", self.output),
+                ("the output's partial file", self.output + ".partial"),
+                ("the output's parts", self.output + ".parts"),
+                ("the checkpoint", self.output + ".checkpoint.json"),
+                ("the checkpoint's temporary file", self.output + ".checkpoint.json.tmp"),
+            ]
         if self.summary_json:
             paths += [("the summary", self.summary_json), ("the summary's temporary file", self.summary_json + ".tmp")]
         for role, path in paths:
@@ -121,8 +144,10 @@ class Job:
             except OSError:
                 continue  # not there (yet), so not the input
             if (st.st_dev, st.st_ino) == source:
-                raise InputError(f"{role}, {path}, is the input file ({self.input}): refusing to overwrite the input; "
-                                 "pick another --output or --summary-json")
+                raise InputError(
+                    f"{role}, {path}, is the input file ({self.input}): refusing to overwrite the input; "
+                    "pick another --output or --summary-json"
+                )
 
 
 def _input_identity(path: str) -> tuple[int, int] | None:

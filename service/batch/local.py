@@ -33,8 +33,14 @@ def jsonl_columns(rows: list[InputRow]) -> list[str] | None:
 def score_chunk(rt: ModelRuntime, rows: list[InputRow], job: Job, tally: Tally) -> list[dict]:
     """Score one chunk and return its output records in input order; bad rows follow `--on-error`."""
     readable = [i for i, row in enumerate(rows) if row.error is None]
-    scored = score_texts(rt, [rows[i].values.get(job.text_field) for i in readable], job.batch_size,
-                         job.diagnostics, job.text_field, job.max_text_chars)
+    scored = score_texts(
+        rt,
+        [rows[i].values.get(job.text_field) for i in readable],
+        job.batch_size,
+        job.diagnostics,
+        job.text_field,
+        job.max_text_chars,
+    )
     results: list[dict] = [{"error": row.error} for row in rows]
     for i, result in zip(readable, scored):
         results[i] = result
@@ -60,8 +66,17 @@ def score_chunk(rt: ModelRuntime, rows: list[InputRow], job: Job, tally: Tally) 
 def progress_bar(total: int | None, initial: int, enabled: bool):
     from tqdm import tqdm
 
-    return tqdm(total=total, initial=initial, unit=" rows", unit_scale=True, file=sys.stderr, disable=not enabled,
-                mininterval=0.5, smoothing=0.05, dynamic_ncols=True)
+    return tqdm(
+        total=total,
+        initial=initial,
+        unit=" rows",
+        unit_scale=True,
+        file=sys.stderr,
+        disable=not enabled,
+        mininterval=0.5,
+        smoothing=0.05,
+        dynamic_ncols=True,
+    )
 
 
 def _take(rows: Iterator[InputRow], n: int) -> list[InputRow]:
@@ -88,8 +103,11 @@ def run_local(job: Job, rt: ModelRuntime) -> dict:
         writer = open_writer(job.output, job.output_format, job.columns)
         if previous is not None and not job.resume:
             if not job.restart:
-                how = "--restart to discard it (stdin cannot be read again)" if job.input == "-" else (
-                    "--resume to continue it, or --restart to discard it")
+                how = (
+                    "--restart to discard it (stdin cannot be read again)"
+                    if job.input == "-"
+                    else ("--resume to continue it, or --restart to discard it")
+                )
                 raise InputError(f"{checkpoint.path} records an interrupted run into {job.output}: rerun with {how}")
             writer.discard()
             checkpoint.remove()
@@ -98,8 +116,10 @@ def run_local(job: Job, rt: ModelRuntime) -> dict:
             different = [k for k in identity if previous["job"].get(k) != identity[k]]
             if different:
                 k = different[0]
-                raise InputError(f"{checkpoint.path} belongs to a different job ({k}: {previous['job'].get(k)!r} "
-                                 f"then, {identity[k]!r} now); rerun with the same options, or --restart")
+                raise InputError(
+                    f"{checkpoint.path} belongs to a different job ({k}: {previous['job'].get(k)!r} "
+                    f"then, {identity[k]!r} now); rerun with the same options, or --restart"
+                )
         tally = Tally.from_state(previous["tally"]) if previous else Tally()
         skip = tally.rows
         if previous is not None and previous.get("complete"):
@@ -114,16 +134,24 @@ def run_local(job: Job, rt: ModelRuntime) -> dict:
             job.check_fields(jsonl_columns(chunk), f"{job.input} (first {len(chunk)} rows)")
         state = writer.open(previous["writer"] if previous else None)
         if checkpoint:
-            checkpoint.save({"job": identity, "tally": tally.state(), "writer": state, "complete": False,
-                             "input": reader.fingerprint()})
+            checkpoint.save(
+                {"job": identity, "tally": tally.state(), "writer": state, "complete": False, "input": reader.fingerprint()}
+            )
         show = not job.quiet and sys.stderr.isatty()
         with progress_bar(reader.count() if show else None, skip, show) as bar:
             while chunk:
                 records = score_chunk(rt, chunk, job, tally)
                 state = writer.write(records)
                 if checkpoint:  # only after the chunk is on disk (write fsyncs), so a kill never loses a row
-                    checkpoint.save({"job": identity, "tally": tally.state(), "writer": state, "complete": False,
-                                     "input": reader.fingerprint()})
+                    checkpoint.save(
+                        {
+                            "job": identity,
+                            "tally": tally.state(),
+                            "writer": state,
+                            "complete": False,
+                            "input": reader.fingerprint(),
+                        }
+                    )
                 bar.update(len(chunk))
                 chunk = _take(rows, job.chunk_size)
             if show and bar.total != bar.n:  # a CSV count is an estimate (quoted fields may span lines)

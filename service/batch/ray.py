@@ -48,8 +48,16 @@ class SentimentPredictor:
     `diagnostics=True`. `artifact` is a directory the workers can read, or `pack_artifact(...)`'s dict (or an
     ObjectRef of it), which each actor writes to a temporary directory once."""
 
-    def __init__(self, artifact, text_field: str = "text", batch_size: int = 64, diagnostics: bool = False,
-                 threads: int = 1, providers: str | None = None, prefix: str = ""):
+    def __init__(
+        self,
+        artifact,
+        text_field: str = "text",
+        batch_size: int = 64,
+        diagnostics: bool = False,
+        threads: int = 1,
+        providers: str | None = None,
+        prefix: str = "",
+    ):
         self._tmp = None
         if type(artifact).__name__ == "ObjectRef":  # only when Ray Data did not resolve it for us
             import ray
@@ -66,8 +74,9 @@ class SentimentPredictor:
 
     def __call__(self, batch):
         kind = type(batch).__module__.split(".")[0]
-        names = list(batch.keys()) if isinstance(batch, dict) else list(batch.column_names if kind == "pyarrow"
-                                                                          else batch.columns)
+        names = (
+            list(batch.keys()) if isinstance(batch, dict) else list(batch.column_names if kind == "pyarrow" else batch.columns)
+        )
         clash = [self.prefix + c for c in self.columns if self.prefix + c in names]
         if clash:
             raise ValueError(f"the batch already has a column {clash[0]!r}; pass prefix= to name the score columns")
@@ -98,8 +107,7 @@ class SentimentPredictor:
         import pandas as pd
 
         # object columns keep None for the rows not scored (pandas would turn them into NaN)
-        return batch.assign(**{self.prefix + c: pd.Series(values[c], index=batch.index, dtype=object)
-                               for c in self.columns})
+        return batch.assign(**{self.prefix + c: pd.Series(values[c], index=batch.index, dtype=object) for c in self.columns})
 
 
 # -- the CLI job ---------------------------------------------------------------------------------------------------
@@ -126,8 +134,9 @@ def _cli_records(table, id_field: str, columns: list[str], on_error: str, csv: b
     for name in columns[1:]:
         column = table.column(name)
         if csv and pa.types.is_list(column.type):  # CSV cells hold lists as JSON, as the local engine writes them
-            column = pa.array([None if v is None else json.dumps(v, ensure_ascii=False) for v in column.to_pylist()],
-                              type=pa.string())
+            column = pa.array(
+                [None if v is None else json.dumps(v, ensure_ascii=False) for v in column.to_pylist()], type=pa.string()
+            )
         out[name] = column
     return pa.table(out)
 
@@ -155,8 +164,9 @@ def _start_ray(ray, address: str | None, quiet: bool) -> bool:
     runtime_env = None
     if address:  # workers on a cluster get this package's code; its dependencies must be on their image
         runtime_env = {"py_modules": [str(Path(__file__).resolve().parents[1])]}  # service/
-    ray.init(address=address, runtime_env=runtime_env, include_dashboard=False, log_to_driver=not quiet,
-             logging_level=logging.ERROR)
+    ray.init(
+        address=address, runtime_env=runtime_env, include_dashboard=False, log_to_driver=not quiet, logging_level=logging.ERROR
+    )
     return True
 
 
@@ -164,8 +174,11 @@ def _short(exc: BaseException) -> str:
     """`Type: message` of the exception a Ray task raised: Ray passes it on as text inside a remote traceback
     followed by retry advice, so take the last such line that is not Ray's own."""
     text = f"{exc}\n{getattr(exc, 'cause', None) or ''}"
-    raised = [m for m in re.findall(r"^\s*([\w.]+(?:Error|Exception|Failure)): (.+)$", text, re.MULTILINE)
-              if not m[0].startswith("ray.")]
+    raised = [
+        m
+        for m in re.findall(r"^\s*([\w.]+(?:Error|Exception|Failure)): (.+)$", text, re.MULTILINE)
+        if not m[0].startswith("ray.")
+    ]
     if raised:
         kind, message = raised[-1]
         return f"{kind.rsplit('.', 1)[-1]}: {message.strip()}"
@@ -213,21 +226,41 @@ def run_job(job: Job) -> dict:
         except InputError:
             raise
         except Exception as exc:  # Ray's readers fail the whole read on one bad line or type clash
-            raise InputError(f"{job.input}: Ray cannot read it as {job.input_format} ({_short(exc)}); the local "
-                             "engine reports bad rows one by one") from None
+            raise InputError(
+                f"{job.input}: Ray cannot read it as {job.input_format} ({_short(exc)}); the local "
+                "engine reports bad rows one by one"
+            ) from None
         with warnings.catch_warnings():  # zip is deprecated from Ray 2.64 on; the pinned 2.60 has it
             warnings.simplefilter("ignore")
             ds = ds.zip(rd.range(rows).map_batches(_row_numbers, batch_format="numpy"))
         artifact = str(model_dir) if job.ray_model_path else ray.put(pack_artifact(model_dir))
         concurrency = job.ray_concurrency or max(1, int(ray.cluster_resources().get("CPU", 2)) - 1)
-        ds = ds.map_batches(SentimentPredictor, batch_size=job.chunk_size, batch_format="pyarrow",
-                            compute=rd.ActorPoolStrategy(size=concurrency), num_cpus=1,
-                            fn_constructor_kwargs={"artifact": artifact, "text_field": job.text_field,
-                                                   "batch_size": job.batch_size, "diagnostics": job.diagnostics,
-                                                   "threads": job.threads or 1, "providers": job.providers})
-        ds = ds.map_batches(_cli_records, batch_format="pyarrow", batch_size=None,
-                            fn_kwargs={"id_field": job.id_field, "columns": job.columns, "on_error": job.on_error,
-                                       "csv": job.output_format == "csv"})
+        ds = ds.map_batches(
+            SentimentPredictor,
+            batch_size=job.chunk_size,
+            batch_format="pyarrow",
+            compute=rd.ActorPoolStrategy(size=concurrency),
+            num_cpus=1,
+            fn_constructor_kwargs={
+                "artifact": artifact,
+                "text_field": job.text_field,
+                "batch_size": job.batch_size,
+                "diagnostics": job.diagnostics,
+                "threads": job.threads or 1,
+                "providers": job.providers,
+            },
+        )
+        ds = ds.map_batches(
+            _cli_records,
+            batch_format="pyarrow",
+            batch_size=None,
+            fn_kwargs={
+                "id_field": job.id_field,
+                "columns": job.columns,
+                "on_error": job.on_error,
+                "csv": job.output_format == "csv",
+            },
+        )
         try:
             ds = ds.materialize()
         except Exception as exc:  # Ray wraps the task's exception; find ours in the chain

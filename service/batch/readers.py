@@ -29,7 +29,6 @@ MIN_MAX_LINE_BYTES = 1 << 20
 MAX_JSON_DEPTH = 100
 
 
-
 @dataclass(slots=True)
 class InputRow:
     number: int  # 1-based row number: the id when the row has none
@@ -120,11 +119,12 @@ class BoundedLines:
 def verify_fingerprint(path: str, now: dict, then: dict | None) -> None:
     """Refuses a resume whose input no longer starts with the bytes the interrupted run read."""
     if then is None:
-        raise InputError(f"the checkpoint for {path} has no input fingerprint (an older version wrote it); rerun "
-                         "with --restart")
+        raise InputError(f"the checkpoint for {path} has no input fingerprint (an older version wrote it); rerun with --restart")
     if now != then:
-        raise InputError(f"{path} changed since the interrupted run (its first {then['bytes']:,} bytes, already "
-                         "scored, are not the same): rerun with --restart to score it from the start")
+        raise InputError(
+            f"{path} changed since the interrupted run (its first {then['bytes']:,} bytes, already "
+            "scored, are not the same): rerun with --restart to score it from the start"
+        )
 
 
 def _decode(raw: bytes, first: bool) -> str:
@@ -383,8 +383,7 @@ def open_input(path: str) -> BinaryIO:
         raise InputError(f"cannot read {path} ({exc.strerror})") from exc
 
 
-def open_reader(path: str, fmt: str, text_field: str, wanted: Iterable[str],
-                max_line_bytes: int = MIN_MAX_LINE_BYTES) -> Reader:
+def open_reader(path: str, fmt: str, text_field: str, wanted: Iterable[str], max_line_bytes: int = MIN_MAX_LINE_BYTES) -> Reader:
     if fmt == "jsonl":
         return JsonlReader(path, text_field, max_line_bytes)
     if fmt == "text":
@@ -394,5 +393,3 @@ def open_reader(path: str, fmt: str, text_field: str, wanted: Iterable[str],
     if fmt == "parquet":
         return ParquetReader(path, wanted)
     raise InputError(f"unknown input format {fmt!r}")
-
-

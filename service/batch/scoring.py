@@ -40,8 +40,9 @@ def _row(rt, enc, probs) -> dict:
     return TRUST.apply(row, enc, rt.tokenizer.unk_id)  # + unknown_share and warnings, as the HTTP service answers
 
 
-def score_texts(rt, values: list, batch_size: int = 64, diagnostics: bool = False, field: str = "text",
-                max_chars: int | None = None) -> list[dict]:
+def score_texts(
+    rt, values: list, batch_size: int = 64, diagnostics: bool = False, field: str = "text", max_chars: int | None = None
+) -> list[dict]:
     """One dict per value: label, score (P(positive)), num_tokens, truncated, unknown_share, warnings (+ the compact
     diagnostics), or only
     `error` for a value that cannot be scored (`max_chars`: longer texts are not scored).

@@ -30,24 +30,40 @@ class Tally:
             self.error_examples.append(example)
 
     def state(self) -> dict:
-        return {"rows": self.rows, "errors": self.errors, "labels": dict(self.labels),
-                "error_examples": self.error_examples}
+        return {"rows": self.rows, "errors": self.errors, "labels": dict(self.labels), "error_examples": self.error_examples}
 
     @classmethod
     def from_state(cls, state: dict) -> Tally:
         return cls(state["rows"], state["errors"], Counter(state["labels"]), state["error_examples"])
 
 
-def summary(job, manifest: dict, directory: Path, tally: Tally, rows_this_run: int, elapsed: float,
-            resumed_from: int = 0, engine: str = "local", **extra) -> dict:
+def summary(
+    job,
+    manifest: dict,
+    directory: Path,
+    tally: Tally,
+    rows_this_run: int,
+    elapsed: float,
+    resumed_from: int = 0,
+    engine: str = "local",
+    **extra,
+) -> dict:
     return {
-        "status": "done", "engine": engine, "input": job.input, "output": job.output,
+        "status": "done",
+        "engine": engine,
+        "input": job.input,
+        "output": job.output,
         "model": {"name": manifest["name"], "version": manifest["version"], "directory": str(directory)},
-        "rows": tally.rows, "scored": tally.rows - tally.errors, "errors": tally.errors,
+        "rows": tally.rows,
+        "scored": tally.rows - tally.errors,
+        "errors": tally.errors,
         "labels": {label: tally.labels.get(label, 0) for label in manifest["labels"]},
-        "error_examples": tally.error_examples, "resumed_from_row": resumed_from,
-        "rows_this_run": rows_this_run, "elapsed_s": round(elapsed, 3),
-        "rows_per_s": round(rows_this_run / elapsed, 1) if elapsed > 0 else None, **extra,
+        "error_examples": tally.error_examples,
+        "resumed_from_row": resumed_from,
+        "rows_this_run": rows_this_run,
+        "elapsed_s": round(elapsed, 3),
+        "rows_per_s": round(rows_this_run / elapsed, 1) if elapsed > 0 else None,
+        **extra,
     }
 
 
@@ -63,8 +79,11 @@ def print_summary(s: dict) -> None:
     else:
         rate = "no rows left to score this run"
     resumed = f" (resumed after row {s['resumed_from_row']:,})" if s["resumed_from_row"] else ""
-    print(f"sentiment-score: {_plural(s['rows'], 'row')}{resumed}, {_plural(s['errors'], 'error')}; {labels}; {rate}, "
-          f"{s['elapsed_s']:.1f} s -> {s['output'] if s['output'] != '-' else 'stdout'}", file=sys.stderr)
+    print(
+        f"sentiment-score: {_plural(s['rows'], 'row')}{resumed}, {_plural(s['errors'], 'error')}; {labels}; {rate}, "
+        f"{s['elapsed_s']:.1f} s -> {s['output'] if s['output'] != '-' else 'stdout'}",
+        file=sys.stderr,
+    )
     shown = s["error_examples"][:3]
     for example in shown:
         print(f"  {example['where']}: {example['error']}", file=sys.stderr)

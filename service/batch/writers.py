@@ -234,8 +234,9 @@ class ParquetWriter(Writer):
         try:  # ids and kept fields: let Arrow infer the type...
             return pa.array(values)
         except (pa.ArrowInvalid, pa.ArrowTypeError):  # ...unless the rows disagree: then keep their text
-            return pa.array([v if v is None or isinstance(v, str) else json.dumps(v, default=_json_default)
-                             for v in values], type=pa.string())
+            return pa.array(
+                [v if v is None or isinstance(v, str) else json.dumps(v, default=_json_default) for v in values], type=pa.string()
+            )
 
     def write(self, records: list[dict]) -> dict:
         import pyarrow.parquet as pq
@@ -274,16 +275,22 @@ class ParquetWriter(Writer):
             try:
                 columns.append(column.cast(field.type))
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
-                columns.append(pa.array([None if v is None else json.dumps(v, default=_json_default)
-                                         for v in column.to_pylist()], type=field.type))
+                columns.append(
+                    pa.array(
+                        [None if v is None else json.dumps(v, default=_json_default) for v in column.to_pylist()], type=field.type
+                    )
+                )
         return pa.Table.from_arrays(columns, schema=schema)
 
     def finish(self) -> None:
         import pyarrow.parquet as pq
 
         parts = [self._part(i) for i in range(self.done)]
-        schema = self._target_schema([pq.read_schema(p) for p in parts]) if parts else self.pa.schema(
-            [self.pa.field(c, self.types.get(c, self.pa.null())) for c in self.columns])
+        schema = (
+            self._target_schema([pq.read_schema(p) for p in parts])
+            if parts
+            else self.pa.schema([self.pa.field(c, self.types.get(c, self.pa.null())) for c in self.columns])
+        )
         tmp = Path(self.path + ".partial")
         with pq.ParquetWriter(tmp, schema) as writer:
             for part in parts:
@@ -311,4 +318,3 @@ def open_writer(path: str, fmt: str, columns: list[str]) -> Writer:
     if writer is None:
         raise InputError(f"unknown output format {fmt!r}")
     return writer(path, columns)
-

@@ -34,7 +34,11 @@ def require_api_key(request: Request, state: State) -> None:
     middleware has usually checked already (and not read the body of a request without a valid key)."""
     verdict = request.scope.get(VERDICT) or key_verdict(request.headers, state.settings.api_keys)
     if verdict == "missing":
-        raise ApiError(401, "missing_api_key", "this service needs an API key (X-API-Key header or Bearer token)",
-                       {"WWW-Authenticate": "Bearer"})
+        raise ApiError(
+            401,
+            "missing_api_key",
+            "this service needs an API key (X-API-Key header or Bearer token)",
+            {"WWW-Authenticate": "Bearer"},
+        )
     if verdict != "ok":
         raise ApiError(401, "invalid_api_key", "the API key is not valid", {"WWW-Authenticate": "Bearer"})

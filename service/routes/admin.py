@@ -18,13 +18,18 @@ def require_admin(request: Request, state: State) -> None:
     require_api_key(request, state)
 
 
-router = APIRouter(prefix="/v1/admin", tags=["admin"], dependencies=[Depends(require_admin)],
-                   responses={status: {"model": ErrorResponse} for status in (401, 403, 422, 503)})
+router = APIRouter(
+    prefix="/v1/admin",
+    tags=["admin"],
+    dependencies=[Depends(require_admin)],
+    responses={status: {"model": ErrorResponse} for status in (401, 403, 422, 503)},
+)
 
 
 class ReloadRequest(_Request):
-    directory: str | None = Field(None, description="one artifact directory inside the model root (default: rescan "
-                                                    "the whole root)")
+    directory: str | None = Field(
+        None, description="one artifact directory inside the model root (default: rescan the whole root)"
+    )
 
 
 @router.post("/reload", summary="Load new or changed models without a restart")

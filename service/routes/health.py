@@ -34,13 +34,15 @@ async def readyz(state: State) -> dict:
             probs = await asyncio.wait_for(state.batchers[rt.name].submit([probe]), READY_TIMEOUT_S)
         except Exception as exc:  # any failure means not ready; the details (paths, internals) go to the log only
             expected = isinstance(exc, (QueueFull, asyncio.TimeoutError))  # overloaded or slow: no traceback
-            log.warning("readiness check of model %s failed: %s: %s", rt.name, type(exc).__name__, exc,
-                        exc_info=not expected)
-            raise ApiError(503, "not_ready", f"model {rt.name}: inference check failed ({type(exc).__name__}; "
-                                             f"details in the server log)", state.retry_after()) from exc
+            log.warning("readiness check of model %s failed: %s: %s", rt.name, type(exc).__name__, exc, exc_info=not expected)
+            raise ApiError(
+                503,
+                "not_ready",
+                f"model {rt.name}: inference check failed ({type(exc).__name__}; details in the server log)",
+                state.retry_after(),
+            ) from exc
         if not np.all(np.isfinite(probs)):
-            raise ApiError(503, "not_ready", f"model {rt.name}: inference check returned {probs.tolist()}",
-                           state.retry_after())
+            raise ApiError(503, "not_ready", f"model {rt.name}: inference check returned {probs.tolist()}", state.retry_after())
         checked[rt.name] = rt.provider
     return {"status": "ready", "models": checked}
 

@@ -12,6 +12,7 @@ router = APIRouter(prefix="/v1", tags=["models"], dependencies=[Depends(require_
 @router.get("/models", summary="Loaded models, their manifests and execution providers")
 async def models(state: State) -> dict:
     registry = state.require_ready()
-    return {"default": registry.default,
-            "models": [{**rt.info, "providers": rt.providers, "default": rt.name == registry.default}
-                       for rt in registry]}
+    return {
+        "default": registry.default,
+        "models": [{**rt.info, "providers": rt.providers, "default": rt.name == registry.default} for rt in registry],
+    }

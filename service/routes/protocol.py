@@ -64,9 +64,15 @@ def check_texts(state: ServiceState, texts: list[str], where: Callable[[int], st
     state.check_texts(texts, where, "texts")
 
 
-async def score(request: Request, state: ServiceState, rt: ModelRuntime, texts: list[str],
-                where: Callable[[int], str], truncation: Truncation | None = None,
-                encoded: list[Encoded] | None = None) -> tuple[list[Encoded], np.ndarray]:
+async def score(
+    request: Request,
+    state: ServiceState,
+    rt: ModelRuntime,
+    texts: list[str],
+    where: Callable[[int], str],
+    truncation: Truncation | None = None,
+    encoded: list[Encoded] | None = None,
+) -> tuple[list[Encoded], np.ndarray]:
     """Tokenize (unless already done) and score through the model's micro-batcher, as /v1/sentiment does:
     (encodings, probabilities [N, labels]). A hot reload while this waits keeps the request on the version `rt` is
     (ScoringCore.batcher_for)."""

@@ -64,8 +64,9 @@ class CountedJsonRoute(APIRoute):
         return count_then_handle
 
 
-router = APIRouter(prefix="/v1", tags=["sentiment"], dependencies=[Depends(require_api_key)], responses=ERRORS,
-                   route_class=CountedJsonRoute)
+router = APIRouter(
+    prefix="/v1", tags=["sentiment"], dependencies=[Depends(require_api_key)], responses=ERRORS, route_class=CountedJsonRoute
+)
 
 
 def _check_length(state: ServiceState, text: str, where: str = "text") -> None:
@@ -95,9 +96,16 @@ async def sentiment(body: SentimentRequest, state: State, request: Request) -> R
     encoded = await state.encode(rt, [body.text], body.truncate)
     # include_hidden and attribution are parts of the diagnostics report, so asking for them asks for it.
     diagnostics = body.diagnostics or body.include_hidden or body.attribution
-    results = await state.classify(rt, [body.text], encoded, _text, diagnostics=diagnostics,
-                                   include_hidden=body.include_hidden, attribution=body.attribution,
-                                   gone=client_gone(request))
+    results = await state.classify(
+        rt,
+        [body.text],
+        encoded,
+        _text,
+        diagnostics=diagnostics,
+        include_hidden=body.include_hidden,
+        attribution=body.attribution,
+        gone=client_gone(request),
+    )
     return json_response(results[0])
 
 
@@ -115,15 +123,22 @@ async def _count_items(request: Request, state: State) -> None:
         raise ApiError(413, "batch_too_large", f"{len(items)} items; the limit is {limit} per request")
 
 
-@router.post("/sentiment/batch", response_model=BatchResponse, summary="Score many reviews together",
-             dependencies=[Depends(_count_items)])
+@router.post(
+    "/sentiment/batch", response_model=BatchResponse, summary="Score many reviews together", dependencies=[Depends(_count_items)]
+)
 async def sentiment_batch(body: BatchRequest, state: State, request: Request) -> Response:
     rt = state.model(body.model)
     limit = state.settings.max_batch_items
     if len(body.items) > limit:
         raise ApiError(413, "batch_too_large", f"{len(body.items)} items; the limit is {limit} per request")
-    results = await state.classify_items(rt, [item.text for item in body.items], lambda i: f"items[{i}].text",
-                                         body.truncate, body.diagnostics, gone=client_gone(request))
+    results = await state.classify_items(
+        rt,
+        [item.text for item in body.items],
+        lambda i: f"items[{i}].text",
+        body.truncate,
+        body.diagnostics,
+        gone=client_gone(request),
+    )
     for item, result in zip(body.items, results):
         if item.id is not None:
             result["id"] = item.id

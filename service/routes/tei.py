@@ -37,8 +37,13 @@ from service.routes.protocol import check_texts, protocol_route, score
 from service.schemas import Text
 
 # TEI's error types for our error codes; the status code stays this service's.
-_TYPES = {"overloaded": "Overloaded", "not_ready": "Unhealthy", "missing_api_key": "Unauthorized",
-          "invalid_api_key": "Unauthorized", "client_closed_request": "Backend"}
+_TYPES = {
+    "overloaded": "Overloaded",
+    "not_ready": "Unhealthy",
+    "missing_api_key": "Unauthorized",
+    "invalid_api_key": "Unauthorized",
+    "client_closed_request": "Backend",
+}
 
 
 def _error(status: int, code: str, message: str, headers: dict[str, str] | None) -> JSONResponse:
@@ -51,9 +56,12 @@ class TeiError(BaseModel):
     error_type: str = Field(description="Validation, Overloaded, Unhealthy, Unauthorized or Backend")
 
 
-router = APIRouter(tags=["text embeddings inference"], route_class=protocol_route(_error, 422),
-                   dependencies=[Depends(require_api_key)],
-                   responses={status: {"model": TeiError} for status in (401, 413, 422, 499, 503)})
+router = APIRouter(
+    tags=["text embeddings inference"],
+    route_class=protocol_route(_error, 422),
+    dependencies=[Depends(require_api_key)],
+    responses={status: {"model": TeiError} for status in (401, 413, 422, 499, 503)},
+)
 
 
 class HfParameters(BaseModel):
@@ -65,13 +73,17 @@ class HfParameters(BaseModel):
 
 
 class PredictRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={
-        "examples": [{"inputs": "A wonderful, moving film."}, {"inputs": ["Loved it.", "Hated it."]}]})
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        json_schema_extra={"examples": [{"inputs": "A wonderful, moving film."}, {"inputs": ["Loved it.", "Hated it."]}]},
+    )
 
     inputs: Text | list[Text | list[Text]] = Field(description="a text, or a batch: [text, ...] or [[text], ...]")
     truncate: bool | None = Field(None, description="left out: the model's own policy; false: longer texts are a 413")
     truncation_direction: Literal["right", "left", "Right", "Left"] = Field(
-        "right", description="with truncate: true, right keeps the head and left the tail")
+        "right", description="with truncate: true, right keeps the head and left the tail"
+    )
     raw_scores: bool = Field(False, description="log-probabilities instead of probabilities")
     parameters: HfParameters | None = None
 
@@ -91,15 +103,19 @@ def _texts(inputs: str | list) -> tuple[list[str], bool]:
     for i, item in enumerate(inputs):
         if isinstance(item, list):
             if len(item) != 1:  # TEI's [text_a, text_b] is a sentence pair, for cross-encoders
-                raise ApiError(422, "unsupported_input", f"inputs[{i}] has {len(item)} texts: sentence pairs are not "
-                                                         f"supported (this model classifies one text)")
+                raise ApiError(
+                    422,
+                    "unsupported_input",
+                    f"inputs[{i}] has {len(item)} texts: sentence pairs are not supported (this model classifies one text)",
+                )
             item = item[0]
         texts.append(item)
     return texts, True
 
 
-@router.post("/predict", summary="Classify texts (Text Embeddings Inference API)",
-             response_model=list[Prediction] | list[list[Prediction]])
+@router.post(
+    "/predict", summary="Classify texts (Text Embeddings Inference API)", response_model=list[Prediction] | list[list[Prediction]]
+)
 @router.post("/", summary="Classify texts (TEI answers its predict route at / too)", include_in_schema=False)
 async def predict(body: PredictRequest, state: State, request: Request) -> list:
     texts, batch = _texts(body.inputs)
@@ -113,16 +129,18 @@ async def predict(body: PredictRequest, state: State, request: Request) -> list:
     if body.truncate is False:
         for i, enc in enumerate(encoded):
             if enc.truncated:
-                raise TooManyTokens(f"{where(i)} has {enc.total_tokens} tokens; this model reads at most "
-                                    f"{rt.tokenizer.max_tokens} (send truncate: true, or leave it out for the model's "
-                                    f"own policy)")
+                raise TooManyTokens(
+                    f"{where(i)} has {enc.total_tokens} tokens; this model reads at most "
+                    f"{rt.tokenizer.max_tokens} (send truncate: true, or leave it out for the model's "
+                    f"own policy)"
+                )
     _, probs = await score(request, state, rt, texts, where, encoded=encoded)
     params = body.parameters or HfParameters()
     if body.raw_scores or params.function_to_apply == "none":
         probs = np.log(np.maximum(probs, np.finfo(np.float32).tiny))
     answers = []
     for row in probs:
-        ranked = sorted(zip(rt.labels, row.tolist()), key=lambda pair: -pair[1])[:params.top_k]
+        ranked = sorted(zip(rt.labels, row.tolist()), key=lambda pair: -pair[1])[: params.top_k]
         answers.append([{"score": s, "label": label} for label, s in ranked])
     # A request with `parameters` is in the Hugging Face Inference API's format (huggingface_hub sends it), whose
     # answer is a list per text even for one text; the client takes element [0]. TEI's flat list would leave it the

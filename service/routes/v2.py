@@ -52,8 +52,7 @@ class ProtocolError(BaseModel):
 # Every status these routes answer besides 200, in the protocol's shape (also the API key's 401 and the client-gone
 # 499), so OpenAPI documents them.
 ERRORS = {status: {"model": ProtocolError} for status in (400, 401, 404, 413, 422, 499, 503)}
-router = APIRouter(prefix="/v2", tags=["open inference protocol v2"], route_class=protocol_route(_error, 400),
-                   responses=ERRORS)
+router = APIRouter(prefix="/v2", tags=["open inference protocol v2"], route_class=protocol_route(_error, 400), responses=ERRORS)
 
 
 class _Strict(BaseModel):
@@ -95,10 +94,16 @@ def _model(state, name: str, version: str | None) -> ModelRuntime:
 
 
 def _metadata(rt: ModelRuntime) -> dict:
-    return {"name": rt.name, "versions": [rt.version], "platform": "onnxruntime_onnx",
-            "inputs": [{"name": INPUT, "datatype": "BYTES", "shape": [-1]}],
-            "outputs": [{"name": "label", "datatype": "BYTES", "shape": [-1]},
-                        {"name": "probabilities", "datatype": "FP32", "shape": [-1, len(rt.labels)]}]}
+    return {
+        "name": rt.name,
+        "versions": [rt.version],
+        "platform": "onnxruntime_onnx",
+        "inputs": [{"name": INPUT, "datatype": "BYTES", "shape": [-1]}],
+        "outputs": [
+            {"name": "label", "datatype": "BYTES", "shape": [-1]},
+            {"name": "probabilities", "datatype": "FP32", "shape": [-1, len(rt.labels)]},
+        ],
+    }
 
 
 # -- request decoding ------------------------------------------------------------------------------------------------
@@ -107,7 +112,7 @@ def _split_body(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
         return body, b""
     if not header_length.isdigit() or int(header_length) > len(body):
         raise _bad(f"{HEADER_LENGTH} is {header_length!r}, the body has {len(body)} bytes")
-    return body[:int(header_length)], body[int(header_length):]
+    return body[: int(header_length)], body[int(header_length) :]
 
 
 def _parse(header: bytes) -> InferRequest:
@@ -125,7 +130,7 @@ def _unpack_bytes(raw: bytes) -> list[str]:
         if at + 4 > len(raw):
             raise _bad("binary BYTES data ends inside an element's length prefix")
         (size,) = struct.unpack_from("<I", raw, at)
-        chunk = raw[at + 4:at + 4 + size]
+        chunk = raw[at + 4 : at + 4 + size]
         if len(chunk) != size:
             raise _bad(f"binary BYTES element of {size} bytes runs past the end of the data")
         try:
@@ -211,8 +216,7 @@ def _response(req: InferRequest, rt: ModelRuntime, probs: np.ndarray) -> Respons
     if not blobs:
         return JSONResponse(body)
     header = json.dumps(body).encode()
-    return Response(header + b"".join(blobs), media_type="application/octet-stream",
-                    headers={HEADER_LENGTH: str(len(header))})
+    return Response(header + b"".join(blobs), media_type="application/octet-stream", headers={HEADER_LENGTH: str(len(header))})
 
 
 # -- routes ----------------------------------------------------------------------------------------------------------

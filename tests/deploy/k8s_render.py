@@ -20,8 +20,14 @@ from pathlib import Path
 import yaml
 
 KNOWN_FIELDS = {"apiVersion", "kind", "resources", "components", "images", "patches"}
-MERGE_KEYS = {"containers": "name", "initContainers": "name", "env": "name", "volumes": "name",
-              "volumeMounts": "mountPath", "ports": "containerPort"}
+MERGE_KEYS = {
+    "containers": "name",
+    "initContainers": "name",
+    "env": "name",
+    "volumes": "name",
+    "volumeMounts": "mountPath",
+    "ports": "containerPort",
+}
 
 
 class RenderError(ValueError):
@@ -67,8 +73,11 @@ def _set_images(obj, images: list[dict]) -> None:
                         if unknown:
                             raise RenderError(f"images: unsupported fields {sorted(unknown)}")
                         new = rule.get("newName", name)
-                        obj[key] = f"{new}@{rule['digest']}" if "digest" in rule else (
-                            f"{new}:{rule['newTag']}" if "newTag" in rule else new)
+                        obj[key] = (
+                            f"{new}@{rule['digest']}"
+                            if "digest" in rule
+                            else (f"{new}:{rule['newTag']}" if "newTag" in rule else new)
+                        )
             else:
                 _set_images(value, images)
     elif isinstance(obj, list):

@@ -57,8 +57,9 @@ def test_every_built_in_object_passes_the_kubernetes_schema(overlay, queue_depth
             continue
         kv.validate(obj, KUBERNETES_VERSION, strict=True)  # raises with the failing path
         checked.append(obj["kind"])
-    expected = {"kserve": {"ConfigMap"}}.get(overlay, {"ConfigMap", "Deployment", "Service", "HorizontalPodAutoscaler",
-                                                       "PodDisruptionBudget", "NetworkPolicy"})
+    expected = {"kserve": {"ConfigMap"}}.get(
+        overlay, {"ConfigMap", "Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget", "NetworkPolicy"}
+    )
     assert set(checked) == expected  # nothing skipped by accident
 
 
@@ -75,51 +76,94 @@ def _crd_validator(schema: dict) -> jsonschema.Validator:
     import json
 
     defs_file = importlib.resources.files("kubernetes_validate").joinpath(
-        f"kubernetes-json-schema/v{KUBERNETES_VERSION}.0-local-strict/_definitions.json")
+        f"kubernetes-json-schema/v{KUBERNETES_VERSION}.0-local-strict/_definitions.json"
+    )
     defs = json.loads(defs_file.read_text())
     registry = Registry().with_resource(defs["$id"], Resource.from_contents(defs))
     return jsonschema.Draft202012Validator(schema, registry=registry)
 
 
 CORE = "https://kubernetes.io/api/_definitions.json#/$defs/io.k8s."
-META = {"type": "object", "required": ["name"], "properties": {"name": {"type": "string"},
-                                                               "labels": {"type": "object"}}}
+META = {"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}, "labels": {"type": "object"}}}
 SERVICE_MONITOR = {  # the fields of monitoring.coreos.com/v1 ServiceMonitor this project uses, closed to typos
-    "type": "object", "required": ["apiVersion", "kind", "metadata", "spec"],
+    "type": "object",
+    "required": ["apiVersion", "kind", "metadata", "spec"],
     "properties": {
-        "apiVersion": {"const": "monitoring.coreos.com/v1"}, "kind": {"const": "ServiceMonitor"}, "metadata": META,
-        "spec": {"type": "object", "additionalProperties": False, "required": ["selector", "endpoints"], "properties": {
-            "selector": {"$ref": CORE + "apimachinery.pkg.apis.meta.v1.LabelSelector"},
-            "endpoints": {"type": "array", "minItems": 1, "items": {
-                "type": "object", "additionalProperties": False, "required": ["port"], "properties": {
-                    "port": {"type": "string"}, "path": {"type": "string", "pattern": "^/"},
-                    "interval": {"type": "string", "pattern": r"^(\d+(ms|s|m|h))+$"},
-                    "scrapeTimeout": {"type": "string", "pattern": r"^(\d+(ms|s|m|h))+$"}}}}}}},
+        "apiVersion": {"const": "monitoring.coreos.com/v1"},
+        "kind": {"const": "ServiceMonitor"},
+        "metadata": META,
+        "spec": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["selector", "endpoints"],
+            "properties": {
+                "selector": {"$ref": CORE + "apimachinery.pkg.apis.meta.v1.LabelSelector"},
+                "endpoints": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "required": ["port"],
+                        "properties": {
+                            "port": {"type": "string"},
+                            "path": {"type": "string", "pattern": "^/"},
+                            "interval": {"type": "string", "pattern": r"^(\d+(ms|s|m|h))+$"},
+                            "scrapeTimeout": {"type": "string", "pattern": r"^(\d+(ms|s|m|h))+$"},
+                        },
+                    },
+                },
+            },
+        },
+    },
 }
 INFERENCE_SERVICE = {  # serving.kserve.io/v1beta1: the predictor's PodSpec fields are core ones
-    "type": "object", "required": ["apiVersion", "kind", "metadata", "spec"],
+    "type": "object",
+    "required": ["apiVersion", "kind", "metadata", "spec"],
     "properties": {
-        "apiVersion": {"const": "serving.kserve.io/v1beta1"}, "kind": {"const": "InferenceService"}, "metadata": META,
-        "spec": {"type": "object", "additionalProperties": False, "required": ["predictor"], "properties": {
-            "predictor": {"type": "object", "additionalProperties": False, "required": ["containers"], "properties": {
-                "minReplicas": {"type": "integer", "minimum": 0}, "maxReplicas": {"type": "integer", "minimum": 1},
-                "scaleMetric": {"enum": ["cpu", "memory", "concurrency", "rps"]}, "scaleTarget": {"type": "integer"},
-                "automountServiceAccountToken": {"type": "boolean"}, "enableServiceLinks": {"type": "boolean"},
-                "containers": {"type": "array", "minItems": 1, "maxItems": 1,
-                               "items": {"$ref": CORE + "api.core.v1.Container"}},
-                "volumes": {"type": "array", "items": {"$ref": CORE + "api.core.v1.Volume"}}}}}}},
+        "apiVersion": {"const": "serving.kserve.io/v1beta1"},
+        "kind": {"const": "InferenceService"},
+        "metadata": META,
+        "spec": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["predictor"],
+            "properties": {
+                "predictor": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["containers"],
+                    "properties": {
+                        "minReplicas": {"type": "integer", "minimum": 0},
+                        "maxReplicas": {"type": "integer", "minimum": 1},
+                        "scaleMetric": {"enum": ["cpu", "memory", "concurrency", "rps"]},
+                        "scaleTarget": {"type": "integer"},
+                        "automountServiceAccountToken": {"type": "boolean"},
+                        "enableServiceLinks": {"type": "boolean"},
+                        "containers": {
+                            "type": "array",
+                            "minItems": 1,
+                            "maxItems": 1,
+                            "items": {"$ref": CORE + "api.core.v1.Container"},
+                        },
+                        "volumes": {"type": "array", "items": {"$ref": CORE + "api.core.v1.Volume"}},
+                    },
+                }
+            },
+        },
+    },
 }
 
 
-@pytest.mark.parametrize("kind,schema,overlay", [("ServiceMonitor", SERVICE_MONITOR, "cpu"),
-                                                 ("InferenceService", INFERENCE_SERVICE, "kserve")])
+@pytest.mark.parametrize(
+    "kind,schema,overlay", [("ServiceMonitor", SERVICE_MONITOR, "cpu"), ("InferenceService", INFERENCE_SERVICE, "kserve")]
+)
 def test_crds_pass_a_structural_schema(kind, schema, overlay):
     validator = _crd_validator(schema)
     obj = one(rendered(overlay), kind)
     validator.validate(obj)
     with pytest.raises(jsonschema.ValidationError):  # the schema is closed: a misspelt field fails
-        validator.validate(merge(obj, {"spec": {"endpoints" if kind == "ServiceMonitor" else "predictor": None,
-                                                "selectr": {}}}))
+        validator.validate(merge(obj, {"spec": {"endpoints" if kind == "ServiceMonitor" else "predictor": None, "selectr": {}}}))
 
 
 def test_the_renderer_refuses_what_it_does_not_implement(tmp_path):
@@ -148,8 +192,7 @@ def app_get_routes() -> set[str]:
 def test_probe_paths_are_real_get_routes(overlay, workload):
     routes = app_get_routes()
     _, containers = pod_containers(workload)
-    probes = {name: c[name] for c in containers for name in ("startupProbe", "readinessProbe", "livenessProbe")
-              if name in c}
+    probes = {name: c[name] for c in containers for name in ("startupProbe", "readinessProbe", "livenessProbe") if name in c}
     assert probes["readinessProbe"]["httpGet"]["path"] == "/readyz"  # the one that runs a real inference
     assert probes["livenessProbe"]["httpGet"]["path"] == "/healthz"  # never model work
     for name, probe in probes.items():
@@ -280,8 +323,11 @@ def test_autoscaling_disruption_budget_and_selectors_target_the_deployment(overl
     deployment = one(objects, "Deployment")
     labels = deployment["spec"]["template"]["metadata"]["labels"]
     hpa = one(objects, "HorizontalPodAutoscaler")
-    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
-                                             "name": deployment["metadata"]["name"]}
+    assert hpa["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": deployment["metadata"]["name"],
+    }
     assert hpa["spec"]["minReplicas"] >= 2  # with maxUnavailable 1, a drain never takes the last replica
     assert [m["resource"]["name"] for m in hpa["spec"]["metrics"]] == ["cpu"]
     for kind, path in (("PodDisruptionBudget", ("selector",)), ("NetworkPolicy", ("podSelector",))):

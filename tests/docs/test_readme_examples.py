@@ -26,8 +26,9 @@ NEEDS_SETUP = re.compile(r"\$KEY|X-API-Key: a-long|traceparent|Host: ")
 
 def same(shown, actual, where: str = "") -> None:
     if isinstance(shown, float) or isinstance(actual, float):
-        assert isinstance(actual, (int, float)) and math.isclose(shown, actual, abs_tol=TOLERANCE), \
+        assert isinstance(actual, (int, float)) and math.isclose(shown, actual, abs_tol=TOLERANCE), (
             f"{where}: README {shown}, actual {actual}"
+        )
     elif isinstance(shown, dict):
         assert isinstance(actual, dict) and set(shown) == set(actual), f"{where}: keys {list(shown)} vs {list(actual)}"
         for key in shown:

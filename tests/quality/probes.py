@@ -52,11 +52,23 @@ def run_probes(runtime: ModelRuntime, probes: list[dict] | None = None) -> dict:
         if predicted == probe["label"]:
             tally[0] += 1
         else:
-            failures.append({"category": probe["category"], "label": probe["label"], "predicted": predicted,
-                             "positive": round(float(row[runtime.positive]), 4), "text": probe["text"]})
+            failures.append(
+                {
+                    "category": probe["category"],
+                    "label": probe["label"],
+                    "predicted": predicted,
+                    "positive": round(float(row[runtime.positive]), 4),
+                    "text": probe["text"],
+                }
+            )
     passed = sum(c[0] for c in counts.values())
-    return {"model": runtime.name, "version": runtime.version, "overall": _rate(passed, len(probes)),
-            "categories": {name: _rate(*c) for name, c in counts.items()}, "failures": failures}
+    return {
+        "model": runtime.name,
+        "version": runtime.version,
+        "overall": _rate(passed, len(probes)),
+        "categories": {name: _rate(*c) for name, c in counts.items()},
+        "failures": failures,
+    }
 
 
 def format_table(report: dict) -> str:
@@ -68,8 +80,10 @@ def format_table(report: dict) -> str:
 
 
 def format_failures(report: dict) -> str:
-    return "\n".join(f"  [{f['category']}] expected {f['label']}, got {f['predicted']} (positive {f['positive']:.3f}): "
-                     f"{f['text']}" for f in report["failures"])
+    return "\n".join(
+        f"  [{f['category']}] expected {f['label']}, got {f['predicted']} (positive {f['positive']:.3f}): {f['text']}"
+        for f in report["failures"]
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -36,102 +36,137 @@ def _probe(category: str, label: str, text: str) -> dict:
 
 def _negated_positive() -> list[dict]:
     c, lab = "negated_positive", "negative"
-    out = [_probe(c, lab, f"The {noun} was not {adj}.")
-           for noun, adj in product(["movie", "acting", "story", "ending"], ["good", "funny", "interesting"])]
-    out += [_probe(c, lab, f"This film is not worth {what}.")
-            for what in ["watching", "your time", "the ticket price", "the hype"]]
+    out = [
+        _probe(c, lab, f"The {noun} was not {adj}.")
+        for noun, adj in product(["movie", "acting", "story", "ending"], ["good", "funny", "interesting"])
+    ]
+    out += [
+        _probe(c, lab, f"This film is not worth {what}.") for what in ["watching", "your time", "the ticket price", "the hype"]
+    ]
     out += [_probe(c, lab, f"I did not {verb} it.") for verb in ["enjoy", "like", "care for"]]
     out += [_probe(c, lab, f"I didn't {verb} this movie at all.") for verb in ["enjoy", "like"]]
-    out += [_probe(c, lab, text) for text in [
-        "Not good.",
-        "Not worth it.",
-        "Not recommended.",
-        "Not funny at all.",
-        "I can't recommend this film.",
-        "I would not recommend it to anyone.",
-        "I wouldn't watch it again.",
-        "The jokes were never funny.",
-        "Nothing about this movie works.",
-        "None of the characters are likeable.",
-        "It isn't a good film.",
-        "The plot doesn't make any sense.",
-        "I was not impressed.",
-        "The cast is not convincing.",
-        "This is not a movie I will remember fondly.",
-        "The film is not good enough to recommend.",
-        "There is nothing to enjoy here.",
-        "The story never becomes interesting.",
-        "No one in the cast gives a good performance.",
-        "It is not entertaining in the slightest.",
-    ]]
+    out += [
+        _probe(c, lab, text)
+        for text in [
+            "Not good.",
+            "Not worth it.",
+            "Not recommended.",
+            "Not funny at all.",
+            "I can't recommend this film.",
+            "I would not recommend it to anyone.",
+            "I wouldn't watch it again.",
+            "The jokes were never funny.",
+            "Nothing about this movie works.",
+            "None of the characters are likeable.",
+            "It isn't a good film.",
+            "The plot doesn't make any sense.",
+            "I was not impressed.",
+            "The cast is not convincing.",
+            "This is not a movie I will remember fondly.",
+            "The film is not good enough to recommend.",
+            "There is nothing to enjoy here.",
+            "The story never becomes interesting.",
+            "No one in the cast gives a good performance.",
+            "It is not entertaining in the slightest.",
+        ]
+    ]
     return out
 
 
 def _negated_negative() -> list[dict]:
     c, lab = "negated_negative", "positive"
-    out = [_probe(c, lab, f"The {noun} was never {adj}.")
-           for noun, adj in product(["movie", "story", "plot"], ["boring", "dull", "predictable"])]
+    out = [
+        _probe(c, lab, f"The {noun} was never {adj}.")
+        for noun, adj in product(["movie", "story", "plot"], ["boring", "dull", "predictable"])
+    ]
     out += [_probe(c, lab, f"The {noun} was not bad at all.") for noun in ["movie", "acting", "ending"]]
-    out += [_probe(c, lab, text) for text in [
-        "Not bad at all!",
-        "I did not find a single scene boring.",
-        "This is not a bad film.",
-        "Never boring.",
-        "Never a dull moment.",
-        "There was never a dull moment.",
-        "I didn't hate it.",
-        "Can't complain.",
-        "I can't complain about anything.",
-        "No complaints at all.",
-        "I have no complaints about this film.",
-        "This film does not disappoint.",
-        "It never disappoints.",
-        "You won't be disappointed.",
-        "I was not disappointed.",
-        "I didn't regret watching it for a second.",
-        "Not a single boring scene.",
-        "There is nothing wrong with this movie.",
-        "I couldn't find a single flaw.",
-        "The ending is not predictable at all.",
-        "Not once was I bored.",
-        "The two hours never felt long.",
-        "It never feels slow.",
-        "I don't have a bad word to say about it.",
-        "Not a weak performance in the whole cast.",
-        "It's not a waste of time at all.",
-        "I was not bored for a second.",
-        "Nobody in the cast gives a bad performance.",
-        "I never once looked at my watch.",
-    ]]
+    out += [
+        _probe(c, lab, text)
+        for text in [
+            "Not bad at all!",
+            "I did not find a single scene boring.",
+            "This is not a bad film.",
+            "Never boring.",
+            "Never a dull moment.",
+            "There was never a dull moment.",
+            "I didn't hate it.",
+            "Can't complain.",
+            "I can't complain about anything.",
+            "No complaints at all.",
+            "I have no complaints about this film.",
+            "This film does not disappoint.",
+            "It never disappoints.",
+            "You won't be disappointed.",
+            "I was not disappointed.",
+            "I didn't regret watching it for a second.",
+            "Not a single boring scene.",
+            "There is nothing wrong with this movie.",
+            "I couldn't find a single flaw.",
+            "The ending is not predictable at all.",
+            "Not once was I bored.",
+            "The two hours never felt long.",
+            "It never feels slow.",
+            "I don't have a bad word to say about it.",
+            "Not a weak performance in the whole cast.",
+            "It's not a waste of time at all.",
+            "I was not bored for a second.",
+            "Nobody in the cast gives a bad performance.",
+            "I never once looked at my watch.",
+        ]
+    ]
     return out
 
 
 def _contrast() -> list[dict]:
     c = "contrast"
     # A small flaw (or merit), then the overall verdict that decides the label.
-    flaws = ["The opening is slow", "The acting is a little wooden", "The special effects look cheap",
-             "The running time is long", "The soundtrack is forgettable"]
-    praise = ["but I loved the film", "but overall it is a wonderful movie", "but the story more than makes up for it",
-              "but I would happily watch it again"]
-    merits = ["The cast looks great", "The music is lovely", "The first scene is promising", "The costumes are beautiful",
-              "The premise is clever"]
-    verdicts = ["but the film is a dull mess", "but overall it is a waste of time", "but I was bored from start to finish",
-                "but I would not watch it again"]
+    flaws = [
+        "The opening is slow",
+        "The acting is a little wooden",
+        "The special effects look cheap",
+        "The running time is long",
+        "The soundtrack is forgettable",
+    ]
+    praise = [
+        "but I loved the film",
+        "but overall it is a wonderful movie",
+        "but the story more than makes up for it",
+        "but I would happily watch it again",
+    ]
+    merits = [
+        "The cast looks great",
+        "The music is lovely",
+        "The first scene is promising",
+        "The costumes are beautiful",
+        "The premise is clever",
+    ]
+    verdicts = [
+        "but the film is a dull mess",
+        "but overall it is a waste of time",
+        "but I was bored from start to finish",
+        "but I would not watch it again",
+    ]
     out = [_probe(c, "positive", f"{x}, {y}.") for x, y in product(flaws, praise)]
     out += [_probe(c, "negative", f"{x}, {y}.") for x, y in product(merits, verdicts)]
     # Concession first, verdict in the main clause.
-    out += [_probe(c, "positive", text) for text in [
-        "Although the start is slow, it becomes a wonderful film.",
-        "Despite a weak first act, this is a great movie.",
-        "The acting was wooden, but the story was wonderful and I loved it.",
-        "It has a few flaws, but it is still one of my favorite films.",
-    ]]
-    out += [_probe(c, "negative", text) for text in [
-        "Although the actors try hard, the film is a boring mess.",
-        "Despite a great cast, this is a terrible movie.",
-        "The story was wonderful, but the acting was so wooden that it ruined the film.",
-        "It has a couple of good scenes, but it is still one of the worst films I have seen.",
-    ]]
+    out += [
+        _probe(c, "positive", text)
+        for text in [
+            "Although the start is slow, it becomes a wonderful film.",
+            "Despite a weak first act, this is a great movie.",
+            "The acting was wooden, but the story was wonderful and I loved it.",
+            "It has a few flaws, but it is still one of my favorite films.",
+        ]
+    ]
+    out += [
+        _probe(c, "negative", text)
+        for text in [
+            "Although the actors try hard, the film is a boring mess.",
+            "Despite a great cast, this is a terrible movie.",
+            "The story was wonderful, but the acting was so wooden that it ruined the film.",
+            "It has a couple of good scenes, but it is still one of the worst films I have seen.",
+        ]
+    ]
     return out
 
 
@@ -150,14 +185,20 @@ def _intensifiers() -> list[dict]:
         for label, words in (("positive", pos), ("negative", neg)):
             out += [_probe(c, label, f"This movie is {intens} {word}.") for word in words]
             out += [_probe(c, label, f"The {noun} was {intens} {word}.") for noun, word in zip(["film", "show"], words)]
-    out += [_probe(c, "positive", text) for text in [
-        "One of the best films I have ever seen.",
-        "Easily the funniest movie of the year.",
-    ]]
-    out += [_probe(c, "negative", text) for text in [
-        "One of the worst films I have ever seen.",
-        "Easily the most boring movie of the year.",
-    ]]
+    out += [
+        _probe(c, "positive", text)
+        for text in [
+            "One of the best films I have ever seen.",
+            "Easily the funniest movie of the year.",
+        ]
+    ]
+    out += [
+        _probe(c, "negative", text)
+        for text in [
+            "One of the worst films I have ever seen.",
+            "Easily the most boring movie of the year.",
+        ]
+    ]
     return out
 
 
@@ -261,8 +302,7 @@ def _product_service() -> list[dict]:
 
 def build() -> list[dict]:
     """Every probe, in a fixed order: category by category as in CATEGORIES."""
-    return (_negated_positive() + _negated_negative() + _contrast() + _intensifiers() + _plain()
-            + _product_service())
+    return _negated_positive() + _negated_negative() + _contrast() + _intensifiers() + _plain() + _product_service()
 
 
 def write(path: Path = PROBES_FILE) -> int:

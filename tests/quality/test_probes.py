@@ -62,6 +62,7 @@ def test_probe_file_is_well_formed():
 # -- the runner --------------------------------------------------------------------------------------------------
 class AlwaysPositive:
     """A runtime stand-in that calls everything positive: each category's expected pass rate follows from the file."""
+
     name, version, labels, positive = "always-positive", "0", ["negative", "positive"], 1
 
     def encode(self, texts):
@@ -80,8 +81,10 @@ def test_run_probes_counts_passes_and_failures():
     assert report["categories"]["negated_negative"]["pass_rate"] == 1.0
     assert report["categories"]["contrast"]["pass_rate"] == 0.5
     assert len(report["failures"]) == len(probes) - positives
-    assert all(f["label"] == "negative" and f["predicted"] == "positive" and f["positive"] == pytest.approx(0.8)
-               for f in report["failures"])
+    assert all(
+        f["label"] == "negative" and f["predicted"] == "positive" and f["positive"] == pytest.approx(0.8)
+        for f in report["failures"]
+    )
     table = format_table(report)
     assert "negated_positive" in table and f"{positives / len(probes):.1%}" in table
 
@@ -94,8 +97,13 @@ def test_cli_writes_the_report(default_rt, default_report, tmp_path, capsys):
 
 
 def test_cli_names_a_missing_model_dir(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "tests.quality.probes", "--model-dir", str(tmp_path / "nope")],
-                          cwd=REPO, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "tests.quality.probes", "--model-dir", str(tmp_path / "nope")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [f"probes: error: {tmp_path / 'nope' / 'manifest.json'}: missing"]
 

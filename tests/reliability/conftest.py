@@ -1,13 +1,13 @@
 """Fixtures for the reliability and security tests (RELIABILITY.md lists what each test shows).
 
-    model_root     a model root holding a copy of the session's trained `tiny-lstm` (tests may break their own copies)
-    make_settings  Settings over `model_root`, one onnxruntime thread, overridable
-    live_server    context manager: the real app under a real uvicorn server on a loopback port, in a thread of this
-                   process (so tests can reach into `server.state` and monkeypatch the runtime); stops on exit
-    serve_process  context manager: `sentiment-serve` as a subprocess on a free loopback port, ready when it yields;
-                   RELIABILITY_SERVE_ARGS (e.g. "--workers 2") adds arguments to each plain one (not to a `command`
-                   such as slow_serve.py, whose patches live in its own process), so the subprocess tests run
-                   against several workers: RELIABILITY_SERVE_ARGS="--workers 2" pytest tests/reliability
+model_root     a model root holding a copy of the session's trained `tiny-lstm` (tests may break their own copies)
+make_settings  Settings over `model_root`, one onnxruntime thread, overridable
+live_server    context manager: the real app under a real uvicorn server on a loopback port, in a thread of this
+               process (so tests can reach into `server.state` and monkeypatch the runtime); stops on exit
+serve_process  context manager: `sentiment-serve` as a subprocess on a free loopback port, ready when it yields;
+               RELIABILITY_SERVE_ARGS (e.g. "--workers 2") adds arguments to each plain one (not to a `command`
+               such as slow_serve.py, whose patches live in its own process), so the subprocess tests run
+               against several workers: RELIABILITY_SERVE_ARGS="--workers 2" pytest tests/reliability
 """
 
 from __future__ import annotations
@@ -89,8 +89,7 @@ def live_server(make_settings):
         port = sock.getsockname()[1]
         # log_config=None: leave logging to pytest (caplog), do not let uvicorn reconfigure it. The limits on heads,
         # timeouts and WebSocket are sentiment-serve's (service/http_limits.py).
-        config = uvicorn_config(app, settings, log_config=None, access_log=False, lifespan="on",
-                                timeout_graceful_shutdown=5)
+        config = uvicorn_config(app, settings, log_config=None, access_log=False, lifespan="on", timeout_graceful_shutdown=5)
         server = uvicorn.Server(config)
         thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="live-uvicorn", daemon=True)
         thread.start()
@@ -132,10 +131,24 @@ def serve_process(model_root):
     def run(*args: str, env: dict | None = None, command: list[str] | None = None):
         port = free_port()
         argv = (command or [sys.executable, "-m", "service.server"]) + [
-            "--host", "127.0.0.1", "--port", str(port), "--model-dir", str(model_root), "--log-level", "warning",
-            *([] if command else shlex.split(os.environ.get("RELIABILITY_SERVE_ARGS", ""))), *args]
-        proc = subprocess.Popen(argv, cwd=REPO, env={**os.environ, "SENTIMENT_INTRA_OP_THREADS": "1", **(env or {})},
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--model-dir",
+            str(model_root),
+            "--log-level",
+            "warning",
+            *([] if command else shlex.split(os.environ.get("RELIABILITY_SERVE_ARGS", ""))),
+            *args,
+        ]
+        proc = subprocess.Popen(
+            argv,
+            cwd=REPO,
+            env={**os.environ, "SENTIMENT_INTRA_OP_THREADS": "1", **(env or {})},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
         url = f"http://127.0.0.1:{port}"
         try:
             wait_ready(url, proc)

@@ -39,10 +39,23 @@ class Server:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen([sys.executable, "-m", "service.server", "--port", str(self.port), "--model-dir",
-                                      str(REPO / "exported"), "--log-level", "warning"], cwd=repo,
-                                     env={**os.environ, "PYTHONPATH": str(repo), **env},
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "service.server",
+                "--port",
+                str(self.port),
+                "--model-dir",
+                str(REPO / "exported"),
+                "--log-level",
+                "warning",
+            ],
+            cwd=repo,
+            env={**os.environ, "PYTHONPATH": str(repo), **env},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         deadline = time.monotonic() + 120
         while True:
             try:
@@ -126,8 +139,7 @@ def slow_uploads(srv: Server, n: int = 250, keyed: bool = False, chunked: bool =
         sock = connect(srv.port)
         framing = b"Transfer-Encoding: chunked\r\n" if chunked else b"Content-Length: 3999999\r\n"
         try:
-            sock.sendall(b"POST /v1/sentiment HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n" + framing
-                         + b"\r\n")
+            sock.sendall(b"POST /v1/sentiment HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n" + framing + b"\r\n")
             for _ in range(39):
                 piece = b"a" * 100_000
                 sock.sendall(b"%x\r\n%s\r\n" % (len(piece), piece) if chunked else piece)
@@ -141,8 +153,11 @@ def slow_uploads(srv: Server, n: int = 250, keyed: bool = False, chunked: bool =
     open_after = sum(still_open(s) for s in socks)
     for s in socks:
         s.close()
-    return {"rss_while_held_mb": held_rss, f"open_after_{wait_s:.0f}s": open_after,
-            "all_closed_after_s": round(time.monotonic() - start, 1) if not open_after else None}
+    return {
+        "rss_while_held_mb": held_rss,
+        f"open_after_{wait_s:.0f}s": open_after,
+        "all_closed_after_s": round(time.monotonic() - start, 1) if not open_after else None,
+    }
 
 
 def idle_sockets(srv: Server, n: int = 2000, wait_s: float = 15) -> dict:
@@ -188,22 +203,31 @@ def probe_healthz_during(srv: Server, request) -> dict:
             lat.append(time.perf_counter() - start)
     thread.join()
     lat.sort()
-    return {**answer, "probes": len(lat), "healthz_p50_ms": round(lat[len(lat) // 2] * 1e3, 1) if lat else None,
-            "healthz_max_ms": round(lat[-1] * 1e3, 1) if lat else None}
+    return {
+        **answer,
+        "probes": len(lat),
+        "healthz_p50_ms": round(lat[len(lat) // 2] * 1e3, 1) if lat else None,
+        "healthz_max_ms": round(lat[-1] * 1e3, 1) if lat else None,
+    }
 
 
 def hostile_batch(srv: Server) -> dict:
     """One batch of 64 x 20,000-character texts that are slow to tokenize ("&#39" repeated)."""
     body = {"items": [{"text": "&#39" * 5_000}] * 64}
-    return probe_healthz_during(srv, lambda: httpx.post(f"{srv.url}/v1/sentiment/batch", json=body,
-                                                        timeout=600).status_code)
+    return probe_healthz_during(srv, lambda: httpx.post(f"{srv.url}/v1/sentiment/batch", json=body, timeout=600).status_code)
 
 
 def batch_250k(srv: Server) -> dict:
     """A batch of 250,000 one-letter items (3.25 MB): how long until its 413."""
     body = b'{"items":[' + b",".join([b'{"text":"a"}'] * 250_000) + b"]}"
-    return probe_healthz_during(srv, lambda: httpx.post(f"{srv.url}/v1/sentiment/batch", content=body, timeout=600,
-                                                        headers={"content-type": "application/json"}).status_code)
+    return probe_healthz_during(
+        srv,
+        lambda: (
+            httpx.post(
+                f"{srv.url}/v1/sentiment/batch", content=body, timeout=600, headers={"content-type": "application/json"}
+            ).status_code
+        ),
+    )
 
 
 def attribution_flood(srv: Server, n: int = 60, settle_s: float = 30) -> dict:
@@ -215,8 +239,10 @@ def attribution_flood(srv: Server, n: int = 60, settle_s: float = 30) -> dict:
     before = cpu_s(srv.proc.pid)
     for _ in range(n):
         with connect(srv.port) as sock:
-            sock.sendall(b"POST /v1/sentiment HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                         b"Content-Length: %d\r\n\r\n%s" % (len(data), data))
+            sock.sendall(
+                b"POST /v1/sentiment HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"Content-Length: %d\r\n\r\n%s" % (len(data), data)
+            )
     lat, start = [], time.monotonic()
     with httpx.Client(base_url=srv.url, timeout=120) as c:
         while time.monotonic() - start < settle_s:  # 5 plain requests a second: their own CPU is ~1 s in all
@@ -225,8 +251,12 @@ def attribution_flood(srv: Server, n: int = 60, settle_s: float = 30) -> dict:
             lat.append(time.perf_counter() - t)
             time.sleep(max(0.0, 0.2 - (time.perf_counter() - t)))
     lat.sort()
-    return {"server_cpu_s": round(cpu_s(srv.proc.pid) - before, 1), "plain_requests": len(lat),
-            "plain_p50_ms": round(lat[len(lat) // 2] * 1e3, 1), "plain_max_ms": round(lat[-1] * 1e3, 1)}
+    return {
+        "server_cpu_s": round(cpu_s(srv.proc.pid) - before, 1),
+        "plain_requests": len(lat),
+        "plain_p50_ms": round(lat[len(lat) // 2] * 1e3, 1),
+        "plain_max_ms": round(lat[-1] * 1e3, 1),
+    }
 
 
 ATTACKS = {
@@ -256,8 +286,9 @@ def main() -> int:
             result["healthz_after"] = httpx.get(f"{srv.url}/healthz", timeout=30).status_code
         finally:
             srv.close()
-        print(json.dumps({"attack": name, **{k: round(v, 1) if isinstance(v, float) else v for k, v in result.items()}}),
-              flush=True)
+        print(
+            json.dumps({"attack": name, **{k: round(v, 1) if isinstance(v, float) else v for k, v in result.items()}}), flush=True
+        )
     return 0
 
 

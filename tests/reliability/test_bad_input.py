@@ -47,10 +47,8 @@ BODY_CASES = [
     ("10 MB body", b'{"text": "' + b"a" * 10_000_000 + b'"}', 413, "body_too_large"),
     ("invalid UTF-8", b'{"text": "caf\xe9 great"}', 422, "invalid_json"),
     ("raw NUL byte in a string", b'{"text": "great\x00film"}', 422, "invalid_json"),
-    ("100,000-deep nested JSON", b'{"text": "great", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", 422,
-     "invalid_json"),
-    ("500-deep nested JSON as the text", b'{"text": ' + b"[" * 500 + b'"great"' + b"]" * 500 + b"}", 422,
-     "invalid_request"),
+    ("100,000-deep nested JSON", b'{"text": "great", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", 422, "invalid_json"),
+    ("500-deep nested JSON as the text", b'{"text": ' + b"[" * 500 + b'"great"' + b"]" * 500 + b"}", 422, "invalid_request"),
     ("not JSON", b"text=great", 422, "invalid_json"),
     ("truncated JSON", b'{"text": "great', 422, "invalid_json"),
     ("empty body", b"", 422, "invalid_request"),
@@ -70,8 +68,7 @@ BATCH_CASES = [
     ("64 items (the limit)", {"items": [{"text": f"great film {i}"} for i in range(64)]}, 200, None),
     ("no items", {"items": []}, 422, "invalid_request"),
     ("lone surrogate in an id", {"items": [{"id": "\ud800", "text": "great"}]}, 422, "invalid_text"),
-    ("id of emoji and RTL text", {"items": [{"id": "\U0001f600 \u0645\u0631\u062d\u0628\u0627", "text": "great"}]},
-     200, None),
+    ("id of emoji and RTL text", {"items": [{"id": "\U0001f600 \u0645\u0631\u062d\u0628\u0627", "text": "great"}]}, 200, None),
     ("number as id", {"items": [{"id": 7, "text": "great"}]}, 200, None),  # issue 17: ids keep their type
     ("float as id", {"items": [{"id": 7.5, "text": "great"}]}, 422, "invalid_request"),
 ]
@@ -122,8 +119,11 @@ ITEM_CODES = {"text_too_large", "empty_text", "no_tokens", "invalid_text"}
 @pytest.mark.parametrize("case, text, status, code", TEXT_CASES, ids=[c[0] for c in TEXT_CASES])
 def test_text_catalogue_batch(client, case, text, status, code):
     per_item = code in ITEM_CODES
-    body = check(post(client, "/v1/sentiment/batch", {"items": [{"id": "a", "text": "fine"}, {"text": text}]}),
-                 200 if per_item else status, None if per_item else code)
+    body = check(
+        post(client, "/v1/sentiment/batch", {"items": [{"id": "a", "text": "fine"}, {"text": text}]}),
+        200 if per_item else status,
+        None if per_item else code,
+    )
     if per_item:
         first, bad = body["results"]
         check_score(first)
@@ -167,12 +167,16 @@ def test_diagnostics_echo_odd_text_spans_exactly(client):
     text = "\U0001f600 gr\u200beat \u05d4\u05e1\u05e8\u05d8 film"
     body = check(post(client, "/v1/sentiment", {"text": text, "attribution": True}), 200, None)
     for token in body["diagnostics"]["tokens"]:
-        assert text[token["start"]:token["end"]] == token["text"]
+        assert text[token["start"] : token["end"]] == token["text"]
 
 
 def test_the_catalogue_caused_no_5xx(client):
     """Runs last in this module: after every row above, the server counted no 5xx and still scores."""
     check_score(check(post(client, "/v1/sentiment", {"text": "a great film"}), 200, None))
-    statuses = {s.labels["status"] for f in text_string_to_metric_families(client.get("/metrics").text)
-                for s in f.samples if s.name == "sentiment_requests_total"}
+    statuses = {
+        s.labels["status"]
+        for f in text_string_to_metric_families(client.get("/metrics").text)
+        for s in f.samples
+        if s.name == "sentiment_requests_total"
+    }
     assert statuses and not any(status.startswith("5") for status in statuses), statuses

@@ -26,8 +26,24 @@ REPO = Path(__file__).resolve().parents[2]
 ROWS, CHUNK = 3000, 150
 MAX_KILLS = 4
 SIGNALS = [signal.SIGKILL, signal.SIGKILL, signal.SIGTERM, signal.SIGINT]
-WORDS = ["great", "awful", "film", "plot", "acting", "boring", "loved", "the", "a", "cast", "superb", "dull",
-         "caf\u00e9", "\U0001f600", "\u05d4\u05e1\u05e8\u05d8", "qzxv"]
+WORDS = [
+    "great",
+    "awful",
+    "film",
+    "plot",
+    "acting",
+    "boring",
+    "loved",
+    "the",
+    "a",
+    "cast",
+    "superb",
+    "dull",
+    "caf\u00e9",
+    "\U0001f600",
+    "\u05d4\u05e1\u05e8\u05d8",
+    "qzxv",
+]
 
 
 def write_input(path: Path, seed: int) -> Path:
@@ -43,9 +59,27 @@ def write_input(path: Path, seed: int) -> Path:
 
 
 def cli(model: Path, src: Path, out: Path, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "service.cli", str(src), "-o", str(out), "--model-dir", str(model),
-                             "--chunk-size", str(CHUNK), "--quiet", "--threads", "1", *extra], cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "service.cli",
+            str(src),
+            "-o",
+            str(out),
+            "--model-dir",
+            str(model),
+            "--chunk-size",
+            str(CHUNK),
+            "--quiet",
+            "--threads",
+            "1",
+            *extra,
+        ],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
 
 
 def checkpoint_rows(out: Path) -> int:
@@ -60,8 +94,10 @@ def same_output(a: Path, b: Path, fmt: str) -> bool:
         return a.read_bytes() == b.read_bytes()
     import pyarrow.parquet as pq
 
-    return (pq.read_table(a).equals(pq.read_table(b))
-            and pq.ParquetFile(a).metadata.num_row_groups == pq.ParquetFile(b).metadata.num_row_groups)
+    return (
+        pq.read_table(a).equals(pq.read_table(b))
+        and pq.ParquetFile(a).metadata.num_row_groups == pq.ParquetFile(b).metadata.num_row_groups
+    )
 
 
 @pytest.mark.parametrize("fmt, seed", [("jsonl", 1), ("csv", 2), ("parquet", 3)])
@@ -98,8 +134,9 @@ def test_killed_at_random_points_and_resumed_equals_an_uninterrupted_run(model_r
                 proc.send_signal(sig)
         code = proc.wait(timeout=300)
         stderr = proc.stderr.read().decode()
-        history.append((how if attempt < MAX_KILLS else "not killed", sig.name if attempt < MAX_KILLS else "-",
-                        code, checkpoint_rows(out)))
+        history.append(
+            (how if attempt < MAX_KILLS else "not killed", sig.name if attempt < MAX_KILLS else "-", code, checkpoint_rows(out))
+        )
         if code == 0 and not Path(f"{out}.checkpoint.json").exists():
             break
         assert code != 0 or attempt < MAX_KILLS, (history, stderr)

@@ -100,9 +100,16 @@ def test_broken_artifacts_stop_sentiment_serve_with_one_line_and_exit_2(model_ro
         shutil.copytree(model_root / MODEL, artifact)
         _break(kind, artifact)
         # All four start at once: each pays the interpreter's start-up, not one after the other.
-        procs[kind] = (artifact, subprocess.Popen(
-            serve_command() + ["--host", "127.0.0.1", "--port", "9", "--model-dir", str(artifact.parent)],
-            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        procs[kind] = (
+            artifact,
+            subprocess.Popen(
+                serve_command() + ["--host", "127.0.0.1", "--port", "9", "--model-dir", str(artifact.parent)],
+                cwd=REPO,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            ),
+        )
     for kind, (artifact, proc) in procs.items():
         out, err = proc.communicate(timeout=120)
         fname, phrase = STARTUP_FAULTS[kind]
@@ -143,8 +150,9 @@ def test_an_inference_error_fails_only_its_micro_batch_and_the_server_goes_on(li
             for text, response in zip(texts, responses):
                 if text == marker:
                     assert response.status_code == 500, response.text
-                    assert response.json() == {"error": {"code": "internal_error",
-                                                         "message": "internal server error (logged on the server)"}}
+                    assert response.json() == {
+                        "error": {"code": "internal_error", "message": "internal server error (logged on the server)"}
+                    }
                 else:
                     assert response.status_code == 200, response.text
             assert any(MARKER_TOKENS in c for c in calls) and any(len(c) > 1 for c in calls)  # really batched
@@ -219,8 +227,10 @@ def test_sigterm_drains_in_flight_requests_refuses_new_ones_and_exits_0(model_ro
 # -- a client that disconnects mid-request -----------------------------------------------------------------------
 def _raw_post(port: int, body: dict) -> bytes:
     data = json.dumps(body).encode()
-    return (b"POST /v1/sentiment HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-            b"Content-Length: %d\r\n\r\n%s" % (len(data), data))
+    return b"POST /v1/sentiment HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (
+        len(data),
+        data,
+    )
 
 
 @pytest.mark.parametrize("how", ["connection closed", "request cancelled"])
@@ -251,8 +261,7 @@ def test_a_client_that_disconnects_gives_its_queue_slots_back(live_server, how):
                         writers.append(writer)
                     leave = [w.close for w in writers]
                 else:  # the client gives up (a timeout): httpx drops the connection of a cancelled request
-                    tasks = [asyncio.create_task(c.post("/v1/sentiment", json={"text": f"a dull film {i}"}))
-                             for i in range(8)]
+                    tasks = [asyncio.create_task(c.post("/v1/sentiment", json={"text": f"a dull film {i}"})) for i in range(8)]
                     leave = [t.cancel for t in tasks]
                 while batcher.depth < 8:
                     await asyncio.sleep(0.01)

@@ -65,8 +65,9 @@ def test_a_huge_hostile_request_does_not_delay_healthz(serve_process):
     # The probes overlapped a request that was really working (not answered in a blink) ...
     assert answer["took"] > 0.3 and len(latencies) >= 3, (answer, latencies)
     # ... and none waited for it. The worst probe, not a mean: a client sees the worst one.
-    assert max(latencies) < PROBE_LIMIT_S, f"/healthz took up to {max(latencies) * 1e3:.0f} ms while a " \
-                                           f"{answer['took']:.2f} s request ran ({len(latencies)} probes)"
+    assert max(latencies) < PROBE_LIMIT_S, (
+        f"/healthz took up to {max(latencies) * 1e3:.0f} ms while a {answer['took']:.2f} s request ran ({len(latencies)} probes)"
+    )
 
 
 # -- 2, 3: heads, slow sockets, bodies of keyless clients, the body budget ---------------------------------------
@@ -129,13 +130,18 @@ def test_endless_headers_get_431_and_the_connection_closed(live_server):
 
 def test_idle_and_slow_sockets_are_closed(live_server):
     with live_server(header_timeout_s=0.5, body_timeout_s=0.5, keep_alive_s=0.5) as srv:
-        socks = {"idle (no byte)": _connect(srv.port), "half a request line": _connect(srv.port),
-                 "a head that never ends": _connect(srv.port), "a body that stalls": _connect(srv.port),
-                 "keep-alive, idle after a response": _connect(srv.port)}
+        socks = {
+            "idle (no byte)": _connect(srv.port),
+            "half a request line": _connect(srv.port),
+            "a head that never ends": _connect(srv.port),
+            "a body that stalls": _connect(srv.port),
+            "keep-alive, idle after a response": _connect(srv.port),
+        }
         socks["half a request line"].sendall(b"GET /heal")
         socks["a head that never ends"].sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-A: 1\r\n")
-        socks["a body that stalls"].sendall(b"POST /v1/sentiment HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
-                                            b"\r\nContent-Length: 1000\r\n\r\n{\"text\": \"a")
+        socks["a body that stalls"].sendall(
+            b'POST /v1/sentiment HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"text": "a'
+        )
         socks["keep-alive, idle after a response"].sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
         start = time.monotonic()
         answers = {name: _read_all(sock) for name, sock in socks.items()}  # each returns when the server closes
@@ -157,8 +163,12 @@ def test_a_request_without_a_valid_key_gets_401_before_its_body_is_read(live_ser
             for framing in (b"Content-Length: 3999999\r\n", b"Transfer-Encoding: chunked\r\n"):
                 with _connect(srv.port, timeout=5) as sock:
                     # The head only: a server that waited for (or buffered) the body would not answer.
-                    sock.sendall(b"POST /v1/sentiment HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                                 + key_header + framing + b"\r\n")
+                    sock.sendall(
+                        b"POST /v1/sentiment HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                        + key_header
+                        + framing
+                        + b"\r\n"
+                    )
                     answer = _read_all(sock)
                 assert answer.startswith(b"HTTP/1.1 401"), (key_header, framing, answer[:200])
                 assert b"connection: close" in answer.lower()
@@ -167,8 +177,7 @@ def test_a_request_without_a_valid_key_gets_401_before_its_body_is_read(live_ser
 
 def test_request_bodies_in_flight_share_one_budget(live_server):
     with live_server(max_body_bytes=100_000, max_buffered_body_bytes=250_000, body_timeout_s=2) as srv:
-        head = (b"POST /v1/sentiment HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                b"Content-Length: 100000\r\n\r\n")
+        head = b"POST /v1/sentiment HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n"
         socks = []
         for _ in range(3):  # 3 x 90 kB held: over the 250 kB budget
             sock = _connect(srv.port)
@@ -188,8 +197,12 @@ def test_request_bodies_in_flight_share_one_budget(live_server):
 # -- 4: an abandoned upload is the client's doing, not a server error -------------------------------------------
 def _requests_total(url: str, status: str) -> float:
     text = httpx.get(f"{url}/metrics").text
-    return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
-               if s.name == "sentiment_requests_total" and s.labels.get("status") == status)
+    return sum(
+        s.value
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+        if s.name == "sentiment_requests_total" and s.labels.get("status") == status
+    )
 
 
 def test_a_client_that_leaves_mid_body_counts_as_499_not_500(live_server, caplog):
@@ -197,8 +210,10 @@ def test_a_client_that_leaves_mid_body_counts_as_499_not_500(live_server, caplog
     with live_server() as srv:
         for _ in range(3):
             with _connect(srv.port) as sock:
-                sock.sendall(b"POST /v1/sentiment HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                             b"Content-Length: 1000\r\n\r\n{\"text\": \"half a bo")
+                sock.sendall(
+                    b"POST /v1/sentiment HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                    b'Content-Length: 1000\r\n\r\n{"text": "half a bo'
+                )
         deadline = time.monotonic() + 10
         while _requests_total(srv.url, "499") < 3 and time.monotonic() < deadline:
             time.sleep(0.05)  # the server notices the closed sockets on its own schedule
@@ -212,8 +227,10 @@ def test_a_client_that_leaves_mid_body_counts_as_499_not_500(live_server, caplog
 def _raw_post(port: int, path: str, body: dict) -> socket.socket:
     data = json.dumps(body).encode()
     sock = _connect(port)
-    sock.sendall(b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
-                 % (path.encode(), len(data), data))
+    sock.sendall(
+        b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+        % (path.encode(), len(data), data)
+    )
     return sock
 
 
@@ -250,8 +267,9 @@ def test_diagnostics_stop_when_the_client_leaves_and_attribution_is_bounded(live
             # A batch of 6 texts with diagnostics; its client leaves while the first text is in the model.
             gate.clear()
             calls.clear()
-            leaving = _raw_post(srv.port, "/v1/sentiment/batch",
-                                {"items": [{"text": f"a fine film {i}"} for i in range(6)], "diagnostics": True})
+            leaving = _raw_post(
+                srv.port, "/v1/sentiment/batch", {"items": [{"text": f"a fine film {i}"} for i in range(6)], "diagnostics": True}
+            )
             _wait_for(lambda: len(calls) == 1, "the first diagnostics text")
             leaving.close()
             gate.set()
@@ -280,8 +298,9 @@ def test_a_250000_item_batch_gets_its_413_without_validating_every_item(live_ser
     monkeypatch.setattr(schemas, "_unicode", lambda text: validated.append(1) or real(text))
     with live_server() as srv:
         body = b'{"items":[' + b",".join([b'{"text":"a"}'] * 250_000) + b"]}"  # 3.25 MB: under the body limit
-        response = httpx.post(f"{srv.url}/v1/sentiment/batch", content=body, timeout=60,
-                              headers={"content-type": "application/json"})
+        response = httpx.post(
+            f"{srv.url}/v1/sentiment/batch", content=body, timeout=60, headers={"content-type": "application/json"}
+        )
         assert response.status_code == 413 and response.json()["error"]["code"] == "batch_too_large", response.text
         assert "250000 items" in response.json()["error"]["message"]
     assert validated == []  # counted, not validated item by item
@@ -292,8 +311,10 @@ def test_websocket_upgrades_are_refused_quietly(live_server, caplog):
     with live_server() as srv:
         for path in (b"/", b"/v1/sentiment", b"/ws"):
             with _connect(srv.port) as sock:
-                sock.sendall(b"GET " + path + b" HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                             b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+                sock.sendall(
+                    b"GET " + path + b" HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+                )
                 answer = _read_all(sock)
             assert answer.startswith(b"HTTP/1.1 400") and b'"upgrade_not_supported"' in answer, answer[:300]
         assert httpx.get(f"{srv.url}/healthz").status_code == 200
@@ -302,10 +323,15 @@ def test_websocket_upgrades_are_refused_quietly(live_server, caplog):
 
 def test_security_headers_on_every_response(live_server):
     with live_server() as srv:
-        responses = {"page": httpx.get(f"{srv.url}/"), "api": httpx.post(f"{srv.url}/v1/sentiment", json={"text": "ok"}),
-                     "error": httpx.post(f"{srv.url}/v1/sentiment", json={}), "probe": httpx.get(f"{srv.url}/healthz"),
-                     "404": httpx.get(f"{srv.url}/nothing-here"), "docs": httpx.get(f"{srv.url}/docs"),
-                     "413": httpx.post(f"{srv.url}/v1/sentiment", content=b"x" * 5_000_000)}
+        responses = {
+            "page": httpx.get(f"{srv.url}/"),
+            "api": httpx.post(f"{srv.url}/v1/sentiment", json={"text": "ok"}),
+            "error": httpx.post(f"{srv.url}/v1/sentiment", json={}),
+            "probe": httpx.get(f"{srv.url}/healthz"),
+            "404": httpx.get(f"{srv.url}/nothing-here"),
+            "docs": httpx.get(f"{srv.url}/docs"),
+            "413": httpx.post(f"{srv.url}/v1/sentiment", content=b"x" * 5_000_000),
+        }
         with _connect(srv.port) as sock:  # answered by the protocol itself, before any app runs
             sock.sendall(b"GET / HTTP/1.1\r\n" + b"X-A: 1\r\n" * 200 + b"\r\n")
             raw_431 = _read_all(sock)

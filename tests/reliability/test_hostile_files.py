@@ -110,8 +110,10 @@ def test_a_row_the_tokenizer_rejects_fails_alone(tiny_artifact, tmp_path, monkey
 def test_text_over_the_limit_is_a_bad_row_and_the_flag_moves_the_limit(tiny_artifact, tmp_path, capsys):
     at_limit = ("great film " * 2000)[:20_000]
     src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
-    src.write_text("".join(json.dumps({"id": i, "text": t}) + "\n"
-                           for i, t in enumerate([at_limit, at_limit + "x", "fine"], 1)), encoding="utf-8")
+    src.write_text(
+        "".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in enumerate([at_limit, at_limit + "x", "fine"], 1)),
+        encoding="utf-8",
+    )
     assert run(tiny_artifact, src, "-o", out) == 0
     rows = read_jsonl(out)
     assert "error" not in rows[0] and "error" not in rows[2]
@@ -134,8 +136,13 @@ sys.exit(rc)
 
 def peak_rss_kib(model: Path, *args) -> tuple[int, int, str]:
     """Runs the CLI in a fresh process; returns (exit status, its peak RSS in KiB, stderr)."""
-    proc = subprocess.run([sys.executable, "-c", CHILD, *map(str, args), "--model-dir", str(model), "--threads", "1"],
-                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", CHILD, *map(str, args), "--model-dir", str(model), "--threads", "1"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     peak = [int(line.split()[1]) for line in proc.stderr.splitlines() if line.startswith("MAXRSS_KIB")]
     assert peak, proc.stderr
     return proc.returncode, peak[0], proc.stderr
@@ -173,8 +180,9 @@ def test_line_limit_flag(tiny_artifact, tmp_path):
 
 
 # -- item 9: a stray CSV quote -------------------------------------------------------------------------------------
-@pytest.mark.parametrize("tail", ['3,loved it\n4,boring\n', '3,loved it\n4,"boring"\n'],
-                         ids=["never closed", "closed by a later quote"])
+@pytest.mark.parametrize(
+    "tail", ["3,loved it\n4,boring\n", '3,loved it\n4,"boring"\n'], ids=["never closed", "closed by a later quote"]
+)
 def test_a_stray_csv_quote_is_a_bad_row_not_a_merge(tiny_artifact, tmp_path, capsys, tail):
     src, out = tmp_path / "in.csv", tmp_path / "out.jsonl"
     src.write_text('id,text\n1,a fine film\n2,"an awful film\n' + tail, encoding="utf-8")
@@ -214,8 +222,17 @@ def _same_file_cases(tmp_path: Path) -> dict:
     }
 
 
-@pytest.mark.parametrize("case", ["hard link", "symlink", "input is OUTPUT.partial", "input is the checkpoint",
-                                  "summary is the input", "summary via a hard link"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "hard link",
+        "symlink",
+        "input is OUTPUT.partial",
+        "input is the checkpoint",
+        "summary is the input",
+        "summary via a hard link",
+    ],
+)
 def test_no_output_path_may_be_the_input(tiny_artifact, tmp_path, capsys, case):
     argv, victim = _same_file_cases(tmp_path)[case]
     before = victim.read_bytes()
@@ -279,8 +296,9 @@ def test_resume_refuses_a_parquet_input_that_changed(tiny_artifact, tmp_path, ca
     src, out = tmp_path / "in.parquet", tmp_path / "out.jsonl"
     texts = [f"{'great' if i % 2 else 'awful'} film {i:04d}" for i in range(40)]
     # uncompressed and without a dictionary, so that the texts are in the file as they are and can be edited there
-    pq.write_table(pa.table({"id": list(range(40)), "text": texts}), src, row_group_size=10, compression="none",
-                   use_dictionary=False)
+    pq.write_table(
+        pa.table({"id": list(range(40)), "text": texts}), src, row_group_size=10, compression="none", use_dictionary=False
+    )
     original, calls = writers.JsonlWriter.write, []
 
     def write_then_interrupt(writer, records):
@@ -306,8 +324,7 @@ def test_resume_refuses_a_parquet_input_that_changed(tiny_artifact, tmp_path, ca
 # -- item 12: strict JSON out, and a summary that says what happened -----------------------------------------------
 def test_nan_and_infinity_in_kept_fields_are_written_as_null(tiny_artifact, tmp_path):
     src = tmp_path / "in.jsonl"
-    src.write_text('{"id": 1, "text": "fine film", "x": NaN, "y": [Infinity, -Infinity, 1.5], "z": 2.5}\n',
-                   encoding="utf-8")
+    src.write_text('{"id": 1, "text": "fine film", "x": NaN, "y": [Infinity, -Infinity, 1.5], "z": 2.5}\n', encoding="utf-8")
     out = tmp_path / "out.jsonl"
     assert run(tiny_artifact, src, "-o", out, "--keep-fields", "x,y,z") == 0
     row = read_jsonl(out)[0]
@@ -319,9 +336,21 @@ def test_nan_and_infinity_in_kept_fields_are_written_as_null(tiny_artifact, tmp_
 
 
 def _summary(**over) -> dict:
-    s = {"status": "done", "engine": "local", "input": "in.jsonl", "output": "out.jsonl", "rows": 3, "scored": 3,
-         "errors": 0, "labels": {"negative": 1, "positive": 2}, "error_examples": [], "resumed_from_row": 0,
-         "rows_this_run": 3, "elapsed_s": 90.0, "rows_per_s": 0.0}
+    s = {
+        "status": "done",
+        "engine": "local",
+        "input": "in.jsonl",
+        "output": "out.jsonl",
+        "rows": 3,
+        "scored": 3,
+        "errors": 0,
+        "labels": {"negative": 1, "positive": 2},
+        "error_examples": [],
+        "resumed_from_row": 0,
+        "rows_this_run": 3,
+        "elapsed_s": 90.0,
+        "rows_per_s": 0.0,
+    }
     return {**s, **over}
 
 

@@ -14,9 +14,29 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_short_load_run_has_no_errors_and_flat_memory(model_root, tmp_path):
     out = tmp_path / "load.json"
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.load", "--clients", "16", "--duration", "5",
-                           "--warmup", "1", "--model-dir", str(model_root), "--max-rss-growth-mb", "40",
-                           "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=180)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.load",
+            "--clients",
+            "16",
+            "--duration",
+            "5",
+            "--warmup",
+            "1",
+            "--model-dir",
+            str(model_root),
+            "--max-rss-growth-mb",
+            "40",
+            "--out",
+            str(out),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads(out.read_text())
     assert report["ok"] and not report["problems"]

@@ -54,9 +54,11 @@ def test_excess_requests_get_503_at_once_and_the_service_recovers(live_server):
                     await asyncio.sleep(0.01)
 
                 # The burst: 20 plain, 10 diagnostics, 2 batch requests, all while the model is stuck.
-                burst = ([("/v1/sentiment", {"text": f"awful {i}"}) for i in range(20)]
-                         + [("/v1/sentiment", {"text": f"superb {i}", "attribution": True}) for i in range(10)]
-                         + [("/v1/sentiment/batch", {"items": [{"text": "fine"}] * 2})] * 2)
+                burst = (
+                    [("/v1/sentiment", {"text": f"awful {i}"}) for i in range(20)]
+                    + [("/v1/sentiment", {"text": f"superb {i}", "attribution": True}) for i in range(10)]
+                    + [("/v1/sentiment/batch", {"items": [{"text": "fine"}] * 2})] * 2
+                )
                 refused = await asyncio.gather(*[timed(c, path, body) for path, body in burst])
                 for response, seconds in refused:
                     assert response.status_code == 503, response.text
@@ -73,14 +75,12 @@ def test_excess_requests_get_503_at_once_and_the_service_recovers(live_server):
                 # Recovered: queue and diagnostics slots empty, traffic within capacity all scored, ready again.
                 assert batcher.depth == 0 and state.diagnosing == 0
                 for _ in range(3):
-                    wave = [c.post("/v1/sentiment", json={"text": f"wave {i}", "diagnostics": i == 0})
-                            for i in range(QUEUE)]
+                    wave = [c.post("/v1/sentiment", json={"text": f"wave {i}", "diagnostics": i == 0}) for i in range(QUEUE)]
                     assert all(r.status_code == 200 for r in await asyncio.gather(*wave))
                 # A batch request bigger than the whole queue is served once nothing waits (never a permanent 503).
                 big = await c.post("/v1/sentiment/batch", json={"items": [{"text": "fine"}] * (QUEUE + 2)})
                 assert big.status_code == 200, big.text
-                big = await c.post("/v1/sentiment/batch", json={"diagnostics": True,
-                                                                "items": [{"text": "fine"}] * (QUEUE + 2)})
+                big = await c.post("/v1/sentiment/batch", json={"diagnostics": True, "items": [{"text": "fine"}] * (QUEUE + 2)})
                 assert big.status_code == 200, big.text
                 assert (await c.get("/readyz")).status_code == 200
 

@@ -22,8 +22,11 @@ from service.settings import Settings
 
 MAX_EXAMPLES = 30
 # Why a schema-valid request may still be refused: what the schema cannot say (see the module docstring).
-VALID_BUT_REFUSED = {422: {"empty_text", "no_tokens", "invalid_text", "reload_refused"},  # a directory not in the root
-                     413: {"text_too_large", "batch_too_large", "body_too_large"}, 404: {"unknown_model"}}
+VALID_BUT_REFUSED = {
+    422: {"empty_text", "no_tokens", "invalid_text", "reload_refused"},  # a directory not in the root
+    413: {"text_too_large", "batch_too_large", "body_too_large"},
+    404: {"unknown_model"},
+}
 # The protocol routes answer in their protocol's shape, without our codes. TEI: its error_type; a text TEI cannot
 # score (blank, only markup, over a limit) is a "Validation" refusal. OIP v2 (a bare message): an unknown model name
 # (404), and an inference request without its tensors (400: the body is in the protocol's own encoding, read raw,
@@ -43,6 +46,7 @@ def check_refusal(case, response) -> None:
         assert case.path.startswith("/v2/"), response.text
         assert V2_REFUSED.get(response.status_code, "(none)") in error, response.text
 
+
 KEY = "schemathesis-key-0123456789"  # keys on, so the admin routes are on too (off without keys: 403)
 
 # The schema is the app's own, built without loading a model (the routes do not depend on settings). Loaded at
@@ -58,8 +62,7 @@ def server(live_server):
 
 
 @schema.parametrize()
-@settings(max_examples=MAX_EXAMPLES, derandomize=True, deadline=None, database=None,
-          suppress_health_check=list(HealthCheck))
+@settings(max_examples=MAX_EXAMPLES, derandomize=True, deadline=None, database=None, suppress_health_check=list(HealthCheck))
 def test_no_5xx_and_every_response_matches_the_schema(case, server):
     response = case.call(base_url=server.url, timeout=30, headers={"X-API-Key": KEY})
     # Size limits come before validation (a 250,000-item batch gets its 413 without validating every item), so a

@@ -47,11 +47,21 @@ def api_routes(app) -> list[tuple[str, str]]:
 # -- API keys -----------------------------------------------------------------------------------------------------
 KEY_CHECKS = {require_api_key, require_admin}
 # Keyless on purpose, like /healthz and /readyz: the Open Inference Protocol's server metadata and health probes.
-PUBLIC_PROTOCOL = {"/v2", "/v2/health/live", "/v2/health/ready", "/v2/models/{name}/ready",
-                   "/v2/models/{name}/versions/{version}/ready"}
+PUBLIC_PROTOCOL = {
+    "/v2",
+    "/v2/health/live",
+    "/v2/health/ready",
+    "/v2/models/{name}/ready",
+    "/v2/models/{name}/versions/{version}/ready",
+}
 V2_BODY = {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["great"]}]}
-KEYED_BODIES = {**BODIES, "/predict": {"inputs": "great"}, "/": {"inputs": "great"}, "/v2/models/{name}/infer": V2_BODY,
-                "/v2/models/{name}/versions/{version}/infer": V2_BODY}
+KEYED_BODIES = {
+    **BODIES,
+    "/predict": {"inputs": "great"},
+    "/": {"inputs": "great"},
+    "/v2/models/{name}/infer": V2_BODY,
+    "/v2/models/{name}/versions/{version}/infer": V2_BODY,
+}
 
 
 def _needs_key(route: APIRoute, router_dependencies: list) -> bool:
@@ -78,8 +88,15 @@ def keyed_routes(app) -> tuple[list[tuple[str, str]], set[str]]:
 def test_every_route_but_the_public_ones_needs_a_key(keyed):
     guarded, public = keyed_routes(keyed.app)
     assert public <= PUBLIC | PUBLIC_PROTOCOL, public - PUBLIC - PUBLIC_PROTOCOL
-    assert {p for _, p in guarded} >= {"/v1/sentiment", "/v1/sentiment/batch", "/v1/models", "/v1/admin/reload",
-                                       "/v2/models/{name}/infer", "/predict", "/"}
+    assert {p for _, p in guarded} >= {
+        "/v1/sentiment",
+        "/v1/sentiment/batch",
+        "/v1/models",
+        "/v1/admin/reload",
+        "/v2/models/{name}/infer",
+        "/predict",
+        "/",
+    }
     rt = keyed.app.state.service.registry.get(None)  # the one model under the test root
     model, version = rt.name, rt.version
     for method, template in guarded:
@@ -88,11 +105,14 @@ def test_every_route_but_the_public_ones_needs_a_key(keyed):
         def call(method=method, path=path, template=template, **headers):
             return keyed.request(method, path, json=KEYED_BODIES.get(template), headers=headers)
 
-        for response, code in ((call(), "missing_api_key"), (call(**{"x-api-key": WRONG}), "invalid_api_key"),
-                               (call(authorization=f"Bearer {WRONG}"), "invalid_api_key"),
-                               (call(authorization=f"Basic {KEYS[0]}"), "missing_api_key"),
-                               (call(**{"x-api-key": KEYS[0][:-1]}), "invalid_api_key"),
-                               (call(**{"x-api-key": KEYS[0] + "x"}), "invalid_api_key")):
+        for response, code in (
+            (call(), "missing_api_key"),
+            (call(**{"x-api-key": WRONG}), "invalid_api_key"),
+            (call(authorization=f"Bearer {WRONG}"), "invalid_api_key"),
+            (call(authorization=f"Basic {KEYS[0]}"), "missing_api_key"),
+            (call(**{"x-api-key": KEYS[0][:-1]}), "invalid_api_key"),
+            (call(**{"x-api-key": KEYS[0] + "x"}), "invalid_api_key"),
+        ):
             assert response.status_code == 401, (method, path, response.text)
             error = response.json()["error"]  # the protocol routes answer in their protocol's shape
             assert (error["code"] == code) if isinstance(error, dict) else error, (path, error)
@@ -160,23 +180,28 @@ LEAKS = re.compile(r'Traceback|File "|\.py\b|site-packages|/opt/secret|/tmp/|/ho
 
 
 def test_no_stack_traces_or_file_paths_in_any_error_response(make_settings, model_root):
-    secret = "Traceback (most recent call last):\n  File \"/opt/secret/service.py\", line 1\nRuntimeError: /opt/secret"
+    secret = 'Traceback (most recent call last):\n  File "/opt/secret/service.py", line 1\nRuntimeError: /opt/secret'
     responses = []
-    with TestClient(create_app(make_settings(max_text_chars=100, max_body_bytes=5000)),
-                    raise_server_exceptions=False) as c:
+    with TestClient(create_app(make_settings(max_text_chars=100, max_body_bytes=5000)), raise_server_exceptions=False) as c:
         rt = c.app.state.service.registry.get(None)
         rt.run_batch = lambda enc: (_ for _ in ()).throw(RuntimeError(secret))
-        responses += [c.post("/v1/sentiment", json={"text": "great"}),  # 500
-                      c.post("/v1/sentiment/batch", json={"items": [{"text": "great"}]}),  # 500
-                      c.get("/readyz")]  # 503: the probe's inference failed
+        responses += [
+            c.post("/v1/sentiment", json={"text": "great"}),  # 500
+            c.post("/v1/sentiment/batch", json={"items": [{"text": "great"}]}),  # 500
+            c.get("/readyz"),
+        ]  # 503: the probe's inference failed
         del rt.run_batch
-        responses += [c.get("/v1/nothing"), c.get("/v1/sentiment"), c.delete("/v1/models"),  # 404, 405, 405
-                      c.post("/v1/sentiment", json={"text": "a" * 101}),  # 413 text
-                      c.post("/v1/sentiment", content=b"x" * 6000),  # 413 body
-                      c.post("/v1/sentiment", content=b'{"text": ', headers={"content-type": "application/json"}),
-                      c.post("/v1/sentiment", content=b'{"text": "\xff"}', headers={"content-type": "application/json"}),
-                      c.post("/v1/sentiment", json={"text": "great", "model": str(model_root)}),  # 404 model
-                      c.post("/v1/sentiment", json={"text": ["great"]})]  # 422
+        responses += [
+            c.get("/v1/nothing"),
+            c.get("/v1/sentiment"),
+            c.delete("/v1/models"),  # 404, 405, 405
+            c.post("/v1/sentiment", json={"text": "a" * 101}),  # 413 text
+            c.post("/v1/sentiment", content=b"x" * 6000),  # 413 body
+            c.post("/v1/sentiment", content=b'{"text": ', headers={"content-type": "application/json"}),
+            c.post("/v1/sentiment", content=b'{"text": "\xff"}', headers={"content-type": "application/json"}),
+            c.post("/v1/sentiment", json={"text": "great", "model": str(model_root)}),  # 404 model
+            c.post("/v1/sentiment", json={"text": ["great"]}),
+        ]  # 422
     with TestClient(create_app(make_settings())) as never_started:  # lifespan runs, then we check not-ready
         never_started.app.state.service.ready = False
         responses.append(never_started.post("/v1/sentiment", json={"text": "great"}))
@@ -209,8 +234,7 @@ def test_oversized_bodies_are_refused_before_they_are_read(live_server):
     with live_server(max_body_bytes=1000) as srv:
         # A declared 10 MB body, never sent: the answer comes anyway, so nothing waited for (or parsed) the body.
         start = time.monotonic()
-        head = (b"POST /v1/sentiment HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                b"Content-Length: 10000000\r\n\r\n")
+        head = b"POST /v1/sentiment HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 10000000\r\n\r\n"
         reply = _exchange(srv.port, head)
         assert reply.startswith(b"HTTP/1.1 413"), reply[:200]
         assert b"connection: close" in reply.lower()
@@ -224,12 +248,17 @@ def test_oversized_bodies_are_refused_before_they_are_read(live_server):
 
 # -- CORS ---------------------------------------------------------------------------------------------------------
 def test_cors_is_closed_by_default(make_settings):
-    preflight = {"origin": "https://evil.example", "access-control-request-method": "POST",
-                 "access-control-request-headers": "content-type,x-api-key"}
+    preflight = {
+        "origin": "https://evil.example",
+        "access-control-request-method": "POST",
+        "access-control-request-headers": "content-type,x-api-key",
+    }
     with TestClient(create_app(make_settings())) as c:
-        for response in (c.options("/v1/sentiment", headers=preflight),
-                         c.post("/v1/sentiment", json={"text": "great"}, headers={"origin": "https://evil.example"}),
-                         c.get("/v1/models", headers={"origin": "https://evil.example"})):
+        for response in (
+            c.options("/v1/sentiment", headers=preflight),
+            c.post("/v1/sentiment", json={"text": "great"}, headers={"origin": "https://evil.example"}),
+            c.get("/v1/models", headers={"origin": "https://evil.example"}),
+        ):
             assert not any(h.startswith("access-control-") for h in response.headers), response.headers
     with TestClient(create_app(make_settings(cors_origins=["https://page.example"]))) as c:
         allowed = c.options("/v1/sentiment", headers={**preflight, "origin": "https://page.example"})

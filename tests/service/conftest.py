@@ -1,12 +1,12 @@
 """Fixtures for the HTTP service tests.
 
-    serving_root   a model root holding copies of three artifacts: the trained `tiny-lstm` (bidirectional), an
-                   untrained unidirectional GRU and an untrained unidirectional LSTM with last-state pooling;
-                   copies, so tests may break files without touching the shared session exports
-    make_settings  Settings over `serving_root`, `tiny-lstm` the default model, one onnxruntime thread (overridable)
-    make_client    context manager: a TestClient over a fresh app, lifespan run (models loaded, batchers started)
-    client         one such client shared by the module
-    async_client   async context manager: an httpx AsyncClient on an app in-process, lifespan run (concurrency tests)
+serving_root   a model root holding copies of three artifacts: the trained `tiny-lstm` (bidirectional), an
+               untrained unidirectional GRU and an untrained unidirectional LSTM with last-state pooling;
+               copies, so tests may break files without touching the shared session exports
+make_settings  Settings over `serving_root`, `tiny-lstm` the default model, one onnxruntime thread (overridable)
+make_client    context manager: a TestClient over a fresh app, lifespan run (models loaded, batchers started)
+client         one such client shared by the module
+async_client   async context manager: an httpx AsyncClient on an app in-process, lifespan run (concurrency tests)
 """
 
 from __future__ import annotations
@@ -39,8 +39,9 @@ def serving_root(tiny_artifact, export_random, tmp_path_factory):
 @pytest.fixture(scope="session")
 def make_settings(serving_root):
     def make(**overrides) -> Settings:
-        return Settings(**{"model_root": serving_root, "default_model": DEFAULT, "intra_op_threads": 1,
-                           "inter_op_threads": 1, **overrides})
+        return Settings(
+            **{"model_root": serving_root, "default_model": DEFAULT, "intra_op_threads": 1, "inter_op_threads": 1, **overrides}
+        )
 
     return make
 

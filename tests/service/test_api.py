@@ -79,7 +79,8 @@ def test_long_text_is_truncated_not_refused(client, runtimes):
     assert results["head"] != pytest.approx(results["tail"], abs=1e-6)
     # The model's own policy applies when the request names none.
     assert client.post("/v1/sentiment", json={"text": text, "model": GRU_UNI}).json()["score"] == pytest.approx(
-        results[rt.tokenizer.truncation], abs=1e-6)
+        results[rt.tokenizer.truncation], abs=1e-6
+    )
 
 
 def test_models_lists_every_artifact_with_its_provider(client):
@@ -98,8 +99,10 @@ def test_probes(client):
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz")
     assert ready.status_code == 200
-    assert ready.json() == {"status": "ready", "models": {name: "CPUExecutionProvider"
-                                                          for name in (DEFAULT, GRU_UNI, LSTM_UNI_LAST)}}
+    assert ready.json() == {
+        "status": "ready",
+        "models": {name: "CPUExecutionProvider" for name in (DEFAULT, GRU_UNI, LSTM_UNI_LAST)},
+    }
 
 
 def test_openapi_docs(client):

@@ -8,8 +8,13 @@ import pytest
 from service.batch.scoring import score_texts
 from service.runtime import ModelRuntime
 
-TEXTS = ["A wonderful, moving film. The cast is superb.", "Terrible and boring, a waste of time.", "", None,
-         "The plot was dull but the acting was brilliant<br /><br />I loved it!"]
+TEXTS = [
+    "A wonderful, moving film. The cast is superb.",
+    "Terrible and boring, a waste of time.",
+    "",
+    None,
+    "The plot was dull but the acting was brilliant<br /><br />I loved it!",
+]
 
 
 @pytest.fixture(scope="module")

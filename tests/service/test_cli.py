@@ -108,9 +108,12 @@ def test_every_input_format_to_every_output_format(tiny_artifact, expected, tmp_
     src = write_input(tmp_path / f"in.{ {'text': 'txt'}.get(in_fmt, in_fmt) }", REVIEWS, in_fmt)
     out = tmp_path / f"out.{out_fmt}"
     assert run(tiny_artifact, src, "--output", out, "--chunk-size", "16") == 0
-    ids = {"jsonl": [r["id"] for r in REVIEWS], "parquet": [r["id"] for r in REVIEWS],
-           "csv": [str(r["id"]) for r in REVIEWS],  # CSV has no types: ids stay the strings they were
-           "text": list(range(1, len(REVIEWS) + 1))}[in_fmt]  # plain text: the line number
+    ids = {
+        "jsonl": [r["id"] for r in REVIEWS],
+        "parquet": [r["id"] for r in REVIEWS],
+        "csv": [str(r["id"]) for r in REVIEWS],  # CSV has no types: ids stay the strings they were
+        "text": list(range(1, len(REVIEWS) + 1)),
+    }[in_fmt]  # plain text: the line number
     if out_fmt == "csv":
         ids = [str(i) for i in ids]
     assert_matches(read_output(out, out_fmt), REVIEWS, expected, ids)
@@ -136,8 +139,13 @@ def test_format_flags_override_the_extension(tiny_artifact, expected, tmp_path):
 
 def test_stdin_to_stdout_in_a_subprocess(tiny_artifact, expected):
     data = "".join(json.dumps(r) + "\n" for r in REVIEWS[:6]).encode()
-    proc = subprocess.run([sys.executable, "-m", "service.cli", "-", "--model-dir", str(tiny_artifact)],
-                          input=data, capture_output=True, cwd=REPO, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "service.cli", "-", "--model-dir", str(tiny_artifact)],
+        input=data,
+        capture_output=True,
+        cwd=REPO,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr.decode()
     rows = [json.loads(line) for line in proc.stdout.decode().splitlines()]
     assert_matches(rows, REVIEWS[:6], expected, [r["id"] for r in REVIEWS[:6]])
@@ -156,14 +164,26 @@ def test_text_field_id_field_and_keep_fields(tiny_artifact, expected, tmp_path):
     del rows[2]["stars"]
     src = write_input(tmp_path / "in.jsonl", rows, "jsonl")
     out = tmp_path / "out.jsonl"
-    assert run(tiny_artifact, src, "-o", out, "--text-field", "review", "--id-field", "rid",
-               "--keep-fields", "stars, meta,review") == 0
+    assert (
+        run(tiny_artifact, src, "-o", out, "--text-field", "review", "--id-field", "rid", "--keep-fields", "stars, meta,review")
+        == 0
+    )
     got = read_output(out, "jsonl")
     assert_matches(got, REVIEWS[:4], expected, ["r0", "r1", "r2", "r3"])
     assert [r["stars"] for r in got] == [0, 1, None, 3]
     assert got[1]["meta"] == {"k": 1} and got[3]["review"] == REVIEWS[3]["text"]
-    assert list(got[0]) == ["id", "label", "score", "num_tokens", "truncated", "unknown_share", "warnings", "stars", "meta",
-                            "review"]
+    assert list(got[0]) == [
+        "id",
+        "label",
+        "score",
+        "num_tokens",
+        "truncated",
+        "unknown_share",
+        "warnings",
+        "stars",
+        "meta",
+        "review",
+    ]
 
 
 def test_id_is_the_row_number_where_the_row_has_none(tiny_artifact, tmp_path):
@@ -199,19 +219,31 @@ def test_keep_field_that_clashes_with_an_output_column_is_refused(tiny_artifact,
 
 
 # -- bad rows -----------------------------------------------------------------------------------------------------
-BAD_JSONL = "\n".join([
-    json.dumps({"id": 1, "text": "A wonderful, moving film. The cast is superb."}),
-    "{not json",
-    "",
-    json.dumps({"id": 4}),
-    json.dumps({"id": 5, "text": "   "}),
-    json.dumps({"id": 6, "text": 42}),
-    json.dumps(["a", "list"]),
-    json.dumps({"id": 8, "text": "<br /><br />"}),
-    json.dumps({"id": 9, "text": "Terrible and boring."}),
-]) + "\n"
-BAD_ERRORS = {2: "invalid JSON", 3: "empty line", 4: "missing text", 5: "empty text", 6: "not a string",
-              7: "not an object", 8: "no tokens"}
+BAD_JSONL = (
+    "\n".join(
+        [
+            json.dumps({"id": 1, "text": "A wonderful, moving film. The cast is superb."}),
+            "{not json",
+            "",
+            json.dumps({"id": 4}),
+            json.dumps({"id": 5, "text": "   "}),
+            json.dumps({"id": 6, "text": 42}),
+            json.dumps(["a", "list"]),
+            json.dumps({"id": 8, "text": "<br /><br />"}),
+            json.dumps({"id": 9, "text": "Terrible and boring."}),
+        ]
+    )
+    + "\n"
+)
+BAD_ERRORS = {
+    2: "invalid JSON",
+    3: "empty line",
+    4: "missing text",
+    5: "empty text",
+    6: "not a string",
+    7: "not an object",
+    8: "no tokens",
+}
 
 
 def test_bad_rows_are_written_with_an_error_and_counted(tiny_artifact, expected, tmp_path):
@@ -240,8 +272,7 @@ def test_bad_rows_in_csv_and_parquet(tiny_artifact, tmp_path):
     table = pa.table({"text": ["fine film", None, ""], "id": [1, 2, 3]})
     pq.write_table(table, tmp_path / "in.parquet")
     assert run(tiny_artifact, tmp_path / "in.parquet", "-o", out) == 0
-    assert [r.get("error") for r in read_output(out, "jsonl")] == [None, "missing text (no 'text' field or null)",
-                                                                    "empty text"]
+    assert [r.get("error") for r in read_output(out, "jsonl")] == [None, "missing text (no 'text' field or null)", "empty text"]
 
 
 def test_on_error_fail_stops_at_the_first_bad_row_with_exit_1(tiny_artifact, tmp_path, capsys):
@@ -262,8 +293,22 @@ def test_non_utf8_line_is_a_bad_row(tiny_artifact, tmp_path):
 
 
 # -- usage errors ---------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("case", ["missing", "extension", "parquet", "model", "outdir", "out-is-dir", "resume-stdout",
-                                  "same-file", "chunk", "csv-empty", "parquet-stdout"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "missing",
+        "extension",
+        "parquet",
+        "model",
+        "outdir",
+        "out-is-dir",
+        "resume-stdout",
+        "same-file",
+        "chunk",
+        "csv-empty",
+        "parquet-stdout",
+    ],
+)
 def test_usage_and_input_errors_exit_2_with_a_message(tiny_artifact, tmp_path, capsys, case):
     good = write_input(tmp_path / "in.jsonl", REVIEWS[:2], "jsonl")
     bad_parquet = tmp_path / "bad.parquet"
@@ -330,8 +375,7 @@ def test_diagnostics_adds_a_compact_summary_per_row(tiny_artifact, rt, tmp_path)
             assert row["top_positive"] == [t["text"] for t in summary["top_positive"]]
             assert row["top_negative"] == [t["text"] for t in summary["top_negative"]]
             assert row["unknown_share"] == pytest.approx(summary["unknown_share"])
-            assert 0 < row["mean_forget_gate"] < 1 and row["mean_forget_gate"] == pytest.approx(
-                summary["mean_forget_gate"])
+            assert 0 < row["mean_forget_gate"] < 1 and row["mean_forget_gate"] == pytest.approx(summary["mean_forget_gate"])
             assert all(token in review["text"] for token in row["top_positive"] + row["top_negative"])
         assert rows[5]["error"] == "empty text" and rows[5]["top_positive"] is None
 
@@ -422,9 +466,12 @@ def _wait_for_rows(checkpoint: Path, proc: subprocess.Popen, rows: int, timeout:
 
 
 def _cli_process(model: Path, *args) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "service.cli", *map(str, args), "--model-dir", str(model),
-                             "--quiet", "--threads", "1"], cwd=REPO, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [sys.executable, "-m", "service.cli", *map(str, args), "--model-dir", str(model), "--quiet", "--threads", "1"],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
 
 
 @pytest.mark.slow
@@ -504,16 +551,18 @@ def test_scores_match_the_http_service(make_client, serving_root, tmp_path):
     with make_client() as client:
         for row, review in zip(rows, REVIEWS[:8]):
             body = client.post("/v1/sentiment", json={"text": review["text"]}).json()
-            assert (row["label"], row["num_tokens"], row["truncated"]) == (body["label"], body["num_tokens"],
-                                                                          body["truncated"])
+            assert (row["label"], row["num_tokens"], row["truncated"]) == (body["label"], body["num_tokens"], body["truncated"])
             assert row["score"] == pytest.approx(body["score"], abs=1e-6)
 
 
 def test_broken_pipe_on_stdout_is_not_a_crash(tiny_artifact, tmp_path):
     src = write_input(tmp_path / "in.jsonl", make_reviews(3000), "jsonl")
-    proc = subprocess.Popen([sys.executable, "-m", "service.cli", str(src), "--model-dir", str(tiny_artifact),
-                             "--chunk-size", "100", "--quiet"], cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service.cli", str(src), "--model-dir", str(tiny_artifact), "--chunk-size", "100", "--quiet"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     proc.stdout.readline()
     proc.stdout.close()  # like `| head -1`
     assert proc.wait(timeout=120) == 141
@@ -521,8 +570,13 @@ def test_broken_pipe_on_stdout_is_not_a_crash(tiny_artifact, tmp_path):
 
 
 def test_parquet_values_json_cannot_hold_are_written_as_text(tiny_artifact, tmp_path):
-    table = pa.table({"text": ["fine film", "café au lait"], "seen": [datetime.date(2024, 5, 1), None],
-                      "price": pa.array([decimal.Decimal("1.50"), None], pa.decimal128(5, 2))})
+    table = pa.table(
+        {
+            "text": ["fine film", "café au lait"],
+            "seen": [datetime.date(2024, 5, 1), None],
+            "price": pa.array([decimal.Decimal("1.50"), None], pa.decimal128(5, 2)),
+        }
+    )
     pq.write_table(table, tmp_path / "in.parquet")
     out = tmp_path / "out.jsonl"
     assert run(tiny_artifact, tmp_path / "in.parquet", "-o", out, "--keep-fields", "seen,price") == 0

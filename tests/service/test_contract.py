@@ -30,17 +30,25 @@ def test_what_export_writes_is_what_the_service_reads(tiny_artifact):
     manifest = contract.Manifest.model_validate(raw)
     assert manifest.to_dict() == raw
     assert manifest.diagnostics is not None and manifest.diagnostics.contribution
-    assert set(manifest.files) == {contract.MODEL_FILE, contract.DIAGNOSTICS_FILE, contract.WEIGHTS_FILE,
-                                   contract.TOKENIZER_FILE, contract.MODEL_CARD_FILE}
+    assert set(manifest.files) == {
+        contract.MODEL_FILE,
+        contract.DIAGNOSTICS_FILE,
+        contract.WEIGHTS_FILE,
+        contract.TOKENIZER_FILE,
+        contract.MODEL_CARD_FILE,
+    }
 
 
-@pytest.mark.parametrize("change,message", [
-    (lambda m: m.pop("labels"), "missing field 'labels'"),
-    (lambda m: m["truncation"].update(strategy="middle"), "field 'truncation.strategy'"),
-    (lambda m: m.update(max_tokens=0), "field 'max_tokens'"),
-    (lambda m: m.update(schema_version=2), "unsupported schema_version 2"),
-    (lambda m: m["files"].pop(contract.DIAGNOSTICS_FILE), "does not list diagnostics.onnx"),
-])
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        (lambda m: m.pop("labels"), "missing field 'labels'"),
+        (lambda m: m["truncation"].update(strategy="middle"), "field 'truncation.strategy'"),
+        (lambda m: m.update(max_tokens=0), "field 'max_tokens'"),
+        (lambda m: m.update(schema_version=2), "unsupported schema_version 2"),
+        (lambda m: m["files"].pop(contract.DIAGNOSTICS_FILE), "does not list diagnostics.onnx"),
+    ],
+)
 def test_a_manifest_that_breaks_the_contract_is_refused_naming_the_field(tiny_artifact, tmp_path, change, message):
     broken = tmp_path / "broken"
     shutil.copytree(tiny_artifact, broken)
@@ -66,8 +74,7 @@ def test_truncation_choices_and_defaults_have_one_definition():
     assert contract.TRUNCATIONS == ("head", "tail", "head_tail")
     assert tokenization.Truncation is contract.Truncation
     assert schemas.Truncate is contract.Truncation
-    assert typing.get_args(schemas.SentimentRequest.model_fields["truncate"].annotation) == (contract.Truncation,
-                                                                                          type(None))
+    assert typing.get_args(schemas.SentimentRequest.model_fields["truncate"].annotation) == (contract.Truncation, type(None))
     assert settings.Settings.model_fields["model_root"].default == contract.DEFAULT_MODEL_ROOT == REPO / "exported"
     pytest.importorskip("torch")
     from training.config import TrainConfig

@@ -17,8 +17,15 @@ from service.app import create_app
 torch = pytest.importorskip("torch")
 from training.cells import GATE_NAMES, reference_layer  # noqa: E402
 
-CASES = [("lstm", False, "meanmax", 1), ("lstm", True, "meanmax", 1), ("gru", False, "meanmax", 1),
-         ("gru", True, "last", 1), ("lstm", True, "meanmax", 2), ("rnn", True, "max", 1), ("lstm", False, "last", 1)]
+CASES = [
+    ("lstm", False, "meanmax", 1),
+    ("lstm", True, "meanmax", 1),
+    ("gru", False, "meanmax", 1),
+    ("gru", True, "last", 1),
+    ("lstm", True, "meanmax", 2),
+    ("rnn", True, "max", 1),
+    ("lstm", False, "last", 1),
+]
 TEXT = "The film was great<br />and the acting loved, the plot dull... It was a superb movie!"
 TOL = 1e-4
 
@@ -96,12 +103,14 @@ def _prefix_scores(export, ids: list[int]) -> list[float]:
         scores = []
         for t in range(len(ids)):
             if cfg.pooling == "last":
-                feat = states[t] if cfg.directions == 1 else torch.cat([states[t, :cfg.hidden_size],
-                                                                        states[0, cfg.hidden_size:]])
+                feat = (
+                    states[t] if cfg.directions == 1 else torch.cat([states[t, : cfg.hidden_size], states[0, cfg.hidden_size :]])
+                )
             else:
                 prefix = states[: t + 1]
-                parts = {"mean": [prefix.mean(0)], "max": [prefix.amax(0)],
-                         "meanmax": [prefix.mean(0), prefix.amax(0)]}[cfg.pooling]
+                parts = {"mean": [prefix.mean(0)], "max": [prefix.amax(0)], "meanmax": [prefix.mean(0), prefix.amax(0)]}[
+                    cfg.pooling
+                ]
                 feat = torch.cat(parts)
             scores.append(torch.softmax(model.head(feat) / export.temperature, -1)[1].item())
     return scores
@@ -123,8 +132,7 @@ def test_running_score_follows_its_definition_and_ends_at_the_final_score(served
     # exactly the score of the review cut after each token
     for t in (0, len(ids) // 2):
         assert running[t] == pytest.approx(torch_probs(exports[name], ids[: t + 1]), abs=TOL)
-    np.testing.assert_allclose([t["running_logodds"] for t in tokens], np.log(running) - np.log1p(-np.array(running)),
-                               atol=1e-3)
+    np.testing.assert_allclose([t["running_logodds"] for t in tokens], np.log(running) - np.log1p(-np.array(running)), atol=1e-3)
 
 
 @pytest.mark.parametrize("name", ["lstm-bi-meanmax-1", "gru-bi-last-1", "lstm-bi-meanmax-2"])
@@ -145,7 +153,7 @@ def test_offsets_slice_the_submitted_text(served):
     normalizer = Tokenizer.from_file(str(exports[name].artifact / "tokenizer.json")).normalizer
     starts = []
     for i, tok in enumerate(report["tokens"]):
-        assert tok["index"] == i and tok["text"] == text[tok["start"]:tok["end"]] and tok["text"]
+        assert tok["index"] == i and tok["text"] == text[tok["start"] : tok["end"]] and tok["text"]
         assert tok["unknown"] == (tok["token"] == "[UNK]")
         if not tok["unknown"]:
             assert tok["token"] in normalizer.normalize_str(tok["text"])  # "didn&#39;t" -> "didn't", "…" -> "..."
@@ -168,7 +176,7 @@ def test_attribution_is_the_logodds_drop_when_a_token_is_masked(served, name):
     full = _logodds(torch_probs(exports[name], ids))
     assert body["diagnostics"]["summary"]["final_logodds"] == pytest.approx(full, abs=1e-3)
     for i in (0, 3, len(ids) - 1):
-        masked = ids[:i] + [unk] + ids[i + 1:]
+        masked = ids[:i] + [unk] + ids[i + 1 :]
         expected = full - _logodds(torch_probs(exports[name], masked))
         assert body["diagnostics"]["tokens"][i]["attribution"] == pytest.approx(expected, abs=1e-3)
         if "-bi-" in name:  # without exact contributions, the contribution is the occlusion
@@ -182,16 +190,34 @@ def test_report_shape_and_summary(served):
     assert set(report) == {"cell", "gates", "tokens", "layers", "summary"}  # no hidden, no attribution unasked
     n = body["num_tokens"]
     assert len(report["tokens"]) == n
-    assert set(report["tokens"][0]) == {"index", "text", "start", "end", "id", "token", "unknown", "running_score",
-                                        "running_logodds", "score_delta", "contribution"}
+    assert set(report["tokens"][0]) == {
+        "index",
+        "text",
+        "start",
+        "end",
+        "id",
+        "token",
+        "unknown",
+        "running_score",
+        "running_logodds",
+        "score_delta",
+        "contribution",
+    }
     for entry in report["layers"]:
         assert len(entry["hidden_norm"]) == len(entry["delta_norm"]) == n
         for gate in report["gates"]:
             assert len(entry["gate_mean"][gate]) == len(entry["gate_saturation"][gate]) == n
             assert all(0 <= v <= 1 for v in entry["gate_saturation"][gate])
     summary = report["summary"]
-    assert {"final_score", "top_positive", "top_negative", "unknown_share", "gate_mean", "gate_saturation",
-            "mean_forget_gate"} <= set(summary)
+    assert {
+        "final_score",
+        "top_positive",
+        "top_negative",
+        "unknown_share",
+        "gate_mean",
+        "gate_saturation",
+        "mean_forget_gate",
+    } <= set(summary)
     assert all(t["contribution"] > 0 for t in summary["top_positive"])
     assert all(t["contribution"] < 0 for t in summary["top_negative"])
     # ranked by contribution: the first is the largest of all tokens
@@ -210,7 +236,8 @@ def test_hidden_vectors_are_capped(served, make_settings):
     hidden = report["hidden"]
     assert hidden["capped"] is True and hidden["max_values"] == 60
     assert sum(len(layer["units"]) * len(report["tokens"]) for layer in hidden["layers"]) <= max(
-        60, len(hidden["layers"]) * len(report["tokens"]))
+        60, len(hidden["layers"]) * len(report["tokens"])
+    )
     for layer in hidden["layers"]:
         assert np.asarray(layer["values"]).shape == (len(report["tokens"]), len(layer["units"]))
 
@@ -247,8 +274,9 @@ def test_batch_diagnostics_and_truncated_reviews(served):
     client, _ = served
     long = " ".join(f"word{i} great" for i in range(40))  # 80 tokens, the model keeps 24 (head_tail, head 16)
     items = [{"id": "long", "text": long}, {"id": "short", "text": "dull plot"}]
-    results = client.post("/v1/sentiment/batch", json={"items": items, "model": "gru-uni-meanmax-1",
-                                                       "diagnostics": True}).json()["results"]
+    results = client.post("/v1/sentiment/batch", json={"items": items, "model": "gru-uni-meanmax-1", "diagnostics": True}).json()[
+        "results"
+    ]
     assert [r["id"] for r in results] == ["long", "short"]
     first = results[0]
     assert first["truncated"] is True and len(first["diagnostics"]["tokens"]) == first["num_tokens"] == 24

@@ -24,8 +24,12 @@ def test_the_report_schema_is_in_the_openapi_document(client):
 
 @pytest.mark.parametrize("model", [DEFAULT, GRU_UNI])
 def test_every_report_matches_the_schema_and_keeps_its_nulls(client, model):
-    body = {"text": "Not bad at all, <br /> a superb cast and a zzqx plot.", "model": model, "attribution": True,
-            "include_hidden": True}
+    body = {
+        "text": "Not bad at all, <br /> a superb cast and a zzqx plot.",
+        "model": model,
+        "attribution": True,
+        "include_hidden": True,
+    }
     response = client.post("/v1/sentiment", json=body)
     assert response.status_code == 200, response.text
     report = response.json()["diagnostics"]
@@ -44,8 +48,9 @@ def test_every_report_matches_the_schema_and_keeps_its_nulls(client, model):
 
 
 def test_batch_reports_match_the_schema(client):
-    response = client.post("/v1/sentiment/batch", json={"items": [{"text": "great"}, {"text": "awful film"}],
-                                                         "diagnostics": True, "model": GRU_UNI})
+    response = client.post(
+        "/v1/sentiment/batch", json={"items": [{"text": "great"}, {"text": "awful film"}], "diagnostics": True, "model": GRU_UNI}
+    )
     assert response.status_code == 200, response.text
     for result in response.json()["results"]:
         DiagnosticsReport.model_validate(result["diagnostics"])

@@ -92,30 +92,36 @@ def test_body_limit_middleware_stops_reading_a_stream_at_the_limit():
 
 
 # -- 422 ----------------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("body, code, mentions", [
-    ({"text": ""}, "empty_text", "text"),
-    ({"text": "   \n\t "}, "empty_text", "text"),
-    ({}, "invalid_request", "text"),
-    ({"text": 42}, "invalid_request", "text"),
-    ({"text": ["great"]}, "invalid_request", "text"),
-    ({"text": "great", "diagnostics": "yes"}, "invalid_request", "diagnostics"),
-    ({"text": "great", "model": 3}, "invalid_request", "model"),
-    ({"text": "great", "truncate": "middle"}, "invalid_request", "truncate"),
-    ({"text": "great", "diagnostic": True}, "invalid_request", "diagnostic"),
-    ({"text": "<br /><br />"}, "no_tokens", "text"),
-])
+@pytest.mark.parametrize(
+    "body, code, mentions",
+    [
+        ({"text": ""}, "empty_text", "text"),
+        ({"text": "   \n\t "}, "empty_text", "text"),
+        ({}, "invalid_request", "text"),
+        ({"text": 42}, "invalid_request", "text"),
+        ({"text": ["great"]}, "invalid_request", "text"),
+        ({"text": "great", "diagnostics": "yes"}, "invalid_request", "diagnostics"),
+        ({"text": "great", "model": 3}, "invalid_request", "model"),
+        ({"text": "great", "truncate": "middle"}, "invalid_request", "truncate"),
+        ({"text": "great", "diagnostic": True}, "invalid_request", "diagnostic"),
+        ({"text": "<br /><br />"}, "no_tokens", "text"),
+    ],
+)
 def test_invalid_single_requests_are_422(client, body, code, mentions):
     assert mentions in assert_error(client.post("/v1/sentiment", json=body), 422, code)
 
 
-@pytest.mark.parametrize("body, code, mentions", [
-    ({"items": []}, "invalid_request", "items"),
-    ({"items": [{"text": "fine"}, {"id": 7.5, "text": "x"}]}, "invalid_request", "items[1].id"),
-    ({"items": [{"text": "fine"}, {"id": True, "text": "x"}]}, "invalid_request", "items[1].id"),
-    ({"items": [{"text": "fine"}, {"text": 3}]}, "invalid_request", "items[1].text"),
-    ({"items": [{"text": "fine"}, {"id": "a"}]}, "invalid_request", "items[1].text"),
-    ({"items": "great"}, "invalid_request", "items"),
-])
+@pytest.mark.parametrize(
+    "body, code, mentions",
+    [
+        ({"items": []}, "invalid_request", "items"),
+        ({"items": [{"text": "fine"}, {"id": 7.5, "text": "x"}]}, "invalid_request", "items[1].id"),
+        ({"items": [{"text": "fine"}, {"id": True, "text": "x"}]}, "invalid_request", "items[1].id"),
+        ({"items": [{"text": "fine"}, {"text": 3}]}, "invalid_request", "items[1].text"),
+        ({"items": [{"text": "fine"}, {"id": "a"}]}, "invalid_request", "items[1].text"),
+        ({"items": "great"}, "invalid_request", "items"),
+    ],
+)
 def test_malformed_batch_requests_are_422(client, body, code, mentions):
     assert mentions in assert_error(client.post("/v1/sentiment/batch", json=body), 422, code)
 
@@ -171,8 +177,9 @@ def test_api_keys_guard_the_api_but_not_the_probes(make_client):
         assert wrong.headers["www-authenticate"] == "Bearer"
         assert_error(c.get("/v1/models", headers={"authorization": "Basic Zm9vOmJhcg=="}), 401, "missing_api_key")
         assert c.post("/v1/sentiment", json={"text": "great"}, headers={"x-api-key": "first-key-123"}).status_code == 200
-        ok = c.post("/v1/sentiment/batch", json={"items": [{"text": "great"}]},
-                    headers={"authorization": "Bearer second-key-456"})
+        ok = c.post(
+            "/v1/sentiment/batch", json={"items": [{"text": "great"}]}, headers={"authorization": "Bearer second-key-456"}
+        )
         assert ok.status_code == 200
         assert c.get("/v1/models", headers={"x-api-key": "second-key-456"}).status_code == 200
         for probe in ("/healthz", "/readyz", "/metrics"):

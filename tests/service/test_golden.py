@@ -39,8 +39,11 @@ def measure(directory: Path) -> dict:
 
     rt = ModelRuntime(directory, intra_op_threads=1)
     probs = rt.predict(rt.encode(TEXTS))
-    return {"version": rt.version, "sha256": {k: v["sha256"] for k, v in rt.manifest["files"].items()},
-            "scores": [round(float(p[rt.positive]), 7) for p in probs]}
+    return {
+        "version": rt.version,
+        "sha256": {k: v["sha256"] for k, v in rt.manifest["files"].items()},
+        "scores": [round(float(p[rt.positive]), 7) for p in probs],
+    }
 
 
 def test_golden_file_covers_every_shipped_model():

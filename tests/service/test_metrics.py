@@ -45,8 +45,7 @@ def test_requests_are_counted_by_route_and_status(scraped):
     assert value(m, "sentiment_requests_total", route="/v1/sentiment/batch", method="POST", status="200") == 1
     for status, count in (("422", 1), ("404", 1), ("413", 2)):
         assert value(m, "sentiment_requests_total", route="/v1/sentiment", method="POST", status=status) == count
-    assert value(m, "sentiment_request_duration_seconds_count", route="/v1/sentiment", method="POST",
-                 status="200") == 3
+    assert value(m, "sentiment_request_duration_seconds_count", route="/v1/sentiment", method="POST", status="200") == 3
     assert value(again, "sentiment_requests_total", route="/metrics", method="GET", status="200") == 1
 
 

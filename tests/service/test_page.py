@@ -27,13 +27,22 @@ import httpx
 import pytest
 
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "[::1]", "::1"}
 MAX_TEXT_CHARS = 5_000  # the test server's limit, so the over-long review stays small
-REVIEW = ("The first hour is slow and the dialogue is clumsy, but the last act is brilliant: tense, funny and "
-          "beautifully shot. Worth the wait.")
+REVIEW = (
+    "The first hour is slow and the dialogue is clumsy, but the last act is brilliant: tense, funny and "
+    "beautifully shot. Worth the wait."
+)
 TIMEOUT_MS = 15_000
 GRU_UNI = "gru-uni-meanmax-1"  # unidirectional: exact running score and contributions (tiny-lstm is bidirectional)
 SHORT = "A wonderful film. The plot was dreadful, not bad."  # under every test model's token limit
@@ -134,7 +143,7 @@ def diagnose(live_server, text: str, model: str | None = None, **extra) -> dict:
 
 def rgb(pg, selector: str, index: int) -> tuple[int, ...]:
     colour = pg.locator(selector).nth(index).evaluate("el => getComputedStyle(el).backgroundColor")
-    return tuple(int(v) for v in colour[colour.index("(") + 1:-1].split(",")[:3])
+    return tuple(int(v) for v in colour[colour.index("(") + 1 : -1].split(",")[:3])
 
 
 def test_page_shows_the_api_result_and_draws_every_chart(page, live_server):
@@ -196,7 +205,8 @@ def test_token_colours_are_contributions_in_log_odds(page, live_server):
     left, right = page.locator("#token-legend .legend-row > span").all_inner_texts()[::2]
     assert re.search(r"−(\d+\.\d+) log-odds", left)[1] == re.search(r"\+(\d+\.\d+) log-odds", right)[1]
     assert f"Contribution {'+' if contributions[1] > 0 else '−'}" in page.locator("#token-strip .tok").nth(1).get_attribute(
-        "aria-label")
+        "aria-label"
+    )
 
 
 def test_bidirectional_model_shows_the_note_instead_of_the_chart(page, live_server):
@@ -236,7 +246,8 @@ def test_verdict_line_names_the_words_with_the_largest_contributions(page, live_
     assert first.inner_text().startswith(summary["top_positive"][0]["text"] if summary["top_positive"] else "")
     first.click()
     assert page.evaluate("document.activeElement.dataset.index") == str(
-        (summary["top_positive"] or summary["top_negative"])[0]["index"])
+        (summary["top_positive"] or summary["top_negative"])[0]["index"]
+    )
 
 
 def test_tokens_are_reachable_by_keyboard_and_show_their_numbers(page):
@@ -321,8 +332,11 @@ def long_report(base: dict, text: str, repeats: int) -> dict:
     n, step = base["num_tokens"], len(text) + 1
     report = json.loads(json.dumps(base))
     d = report["diagnostics"]
-    d["tokens"] = [{**t, "index": k * n + t["index"], "start": k * step + t["start"], "end": k * step + t["end"]}
-                   for k in range(repeats) for t in base["diagnostics"]["tokens"]]
+    d["tokens"] = [
+        {**t, "index": k * n + t["index"], "start": k * step + t["start"], "end": k * step + t["end"]}
+        for k in range(repeats)
+        for t in base["diagnostics"]["tokens"]
+    ]
     for layer in d["layers"]:
         for key in ("hidden_norm", "delta_norm"):
             layer[key] = layer[key] * repeats
@@ -340,8 +354,9 @@ def test_long_review_renders_quickly(page, live_server):
     report = long_report(base, SHORT, repeats)
     n = report["num_tokens"]
     # The service answers with the long report (the test server's limits are too small for a real one).
-    page.route("**/v1/sentiment", lambda route: route.fulfill(status=200, content_type="application/json",
-                                                              body=json.dumps(report)))
+    page.route(
+        "**/v1/sentiment", lambda route: route.fulfill(status=200, content_type="application/json", body=json.dumps(report))
+    )
     started = time.perf_counter()
     analyse(page, " ".join([SHORT] * repeats), model=GRU_UNI)
     elapsed = time.perf_counter() - started

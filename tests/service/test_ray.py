@@ -21,9 +21,14 @@ from service.batch.ray import SentimentPredictor, pack_artifact  # noqa: E402
 from service.runtime import ModelRuntime  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
-TEXTS = ["A wonderful, moving film. The cast is superb.", "Terrible and boring, a waste of time.",
-         "The plot was dull but the acting was brilliant<br /><br />I loved it!", "", None,
-         " ".join(["the film was great and the story was awful"] * 12)]  # past the tiny model's 64 tokens
+TEXTS = [
+    "A wonderful, moving film. The cast is superb.",
+    "Terrible and boring, a waste of time.",
+    "The plot was dull but the acting was brilliant<br /><br />I loved it!",
+    "",
+    None,
+    " ".join(["the film was great and the story was awful"] * 12),
+]  # past the tiny model's 64 tokens
 
 
 def test_importing_the_modules_does_not_import_ray():
@@ -57,8 +62,11 @@ def test_predictor_adds_score_columns_to_each_batch_format(tiny_artifact, rt, ki
     predictor = SentimentPredictor(pack_artifact(tiny_artifact), batch_size=2)  # the bytes workers receive
     out = predictor(batch)
     assert type(out) is type(batch)
-    rows = out.to_pylist() if kind == "pyarrow" else (
-        out.to_dict("records") if kind == "pandas" else [dict(zip(out, values)) for values in zip(*out.values())])
+    rows = (
+        out.to_pylist()
+        if kind == "pyarrow"
+        else (out.to_dict("records") if kind == "pandas" else [dict(zip(out, values)) for values in zip(*out.values())])
+    )
     assert [r["id"] for r in rows] == ids  # input columns kept, rows in order
     for row, text in zip(rows, TEXTS):
         want = expected(rt, text)
@@ -97,8 +105,13 @@ def test_predictor_in_map_batches_loads_the_artifact_once_per_actor(local_ray, t
     import ray.data as rd
 
     ds = rd.from_items([{"id": i, "text": t} for i, t in enumerate(TEXTS) if t is not None])
-    ds = ds.map_batches(SentimentPredictor, fn_constructor_kwargs={"artifact": ray.put(pack_artifact(tiny_artifact))},
-                        compute=rd.ActorPoolStrategy(size=1), batch_size=2, batch_format="pandas")
+    ds = ds.map_batches(
+        SentimentPredictor,
+        fn_constructor_kwargs={"artifact": ray.put(pack_artifact(tiny_artifact))},
+        compute=rd.ActorPoolStrategy(size=1),
+        batch_size=2,
+        batch_format="pandas",
+    )
     rows = sorted(ds.take_all(), key=lambda r: r["id"])
     for row in rows:
         want = expected(rt, row["text"])
@@ -106,8 +119,6 @@ def test_predictor_in_map_batches_loads_the_artifact_once_per_actor(local_ray, t
             assert row["error"] == "empty text"
         else:
             assert row["label"] == want["label"] and abs(row["score"] - want["score"]) <= 1e-6
-
-
 
 
 def read_rows(path: Path, fmt: str) -> list[dict]:
@@ -130,14 +141,25 @@ def read_rows(path: Path, fmt: str) -> list[dict]:
     return rows
 
 
-REVIEWS = [{"id": 100 + i, "text": t, "title": f"t{i}"} for i, t in enumerate(
-    ["Great film, loved it.", "Awful, boring, dull.", "The cast was superb and the story brilliant.",
-     "Worst movie, a waste.", "It was a film.", "", "Beautiful<br />and enjoyable &amp; moving."] * 6)]
+REVIEWS = [
+    {"id": 100 + i, "text": t, "title": f"t{i}"}
+    for i, t in enumerate(
+        [
+            "Great film, loved it.",
+            "Awful, boring, dull.",
+            "The cast was superb and the story brilliant.",
+            "Worst movie, a waste.",
+            "It was a film.",
+            "",
+            "Beautiful<br />and enjoyable &amp; moving.",
+        ]
+        * 6
+    )
+]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("in_fmt,out_fmt", [("jsonl", "jsonl"), ("csv", "csv"), ("parquet", "parquet"),
-                                            ("text", "jsonl")])
+@pytest.mark.parametrize("in_fmt,out_fmt", [("jsonl", "jsonl"), ("csv", "csv"), ("parquet", "parquet"), ("text", "jsonl")])
 def test_ray_engine_gives_the_local_engines_rows(local_ray, tiny_artifact, tmp_path, in_fmt, out_fmt):
     src = write_input(tmp_path / f"in.{ {'text': 'txt'}.get(in_fmt, in_fmt) }", REVIEWS, in_fmt)
     keep = [] if in_fmt == "text" else ["--keep-fields", "title"]
@@ -174,8 +196,7 @@ def test_ray_engine_on_error_fail_exits_1_naming_the_row(local_ray, tiny_artifac
 def test_ray_engine_reports_an_unreadable_input_with_exit_2(local_ray, tiny_artifact, tmp_path, capsys):
     src = tmp_path / "in.jsonl"
     src.write_text('{"text": "fine"}\n{oops\n', encoding="utf-8")
-    assert cli.main([str(src), "-o", str(tmp_path / "out"), "--model-dir", str(tiny_artifact), "--quiet",
-                     "--engine", "ray"]) == 2
+    assert cli.main([str(src), "-o", str(tmp_path / "out"), "--model-dir", str(tiny_artifact), "--quiet", "--engine", "ray"]) == 2
     err = capsys.readouterr().err
     assert "Ray cannot read it as jsonl" in err and "Traceback" not in err
 

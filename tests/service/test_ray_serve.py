@@ -27,9 +27,14 @@ pytestmark = pytest.mark.slow
 MODEL = Path(__file__).resolve().parents[2] / "exported" / "imdb-lstm"
 APP = "sentiment"
 DEPLOYMENT = "SentimentDeployment"
-TEXTS = ["A wonderful, moving film. The cast is superb.", "Terrible and boring, a waste of time.",
-         "The plot was dull but the acting was brilliant<br /><br />I loved it!", "meh", "Not bad at all, actually.",
-         " ".join(["the film was great and the story was awful"] * 80)]  # past max_tokens: truncated
+TEXTS = [
+    "A wonderful, moving film. The cast is superb.",
+    "Terrible and boring, a waste of time.",
+    "The plot was dull but the acting was brilliant<br /><br />I loved it!",
+    "meh",
+    "Not bad at all, actually.",
+    " ".join(["the film was great and the story was awful"] * 80),
+]  # past max_tokens: truncated
 
 
 def _free_port() -> int:
@@ -41,8 +46,9 @@ def _free_port() -> int:
 def _replica_ids() -> list[str]:
     """Unique ids of the live replica actors of the deployment."""
     prefix = f"SERVE_REPLICA::{APP}#{DEPLOYMENT}#"
-    return sorted(a["name"][len(prefix):] for a in ray.util.list_named_actors(all_namespaces=True)
-                  if a["name"].startswith(prefix))
+    return sorted(
+        a["name"][len(prefix) :] for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].startswith(prefix)
+    )
 
 
 def _running() -> int:
@@ -67,8 +73,11 @@ def url():
         port = _free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         # Fixed at two by the autoscaling bounds; a 1 s health check so a dead replica is noticed quickly.
-        serve.run(build({"model_root": str(MODEL), "min_replicas": 2, "max_replicas": 2, "num_cpus": 0.5,
-                         "health_check_period_s": 1}), name=APP, route_prefix="/")
+        serve.run(
+            build({"model_root": str(MODEL), "min_replicas": 2, "max_replicas": 2, "num_cpus": 0.5, "health_check_period_s": 1}),
+            name=APP,
+            route_prefix="/",
+        )
         _wait_for(lambda: _running() == 2, 60, "two running replicas")
         yield f"http://127.0.0.1:{port}"
     finally:
@@ -92,8 +101,9 @@ def _assert_same(served: dict, expected: dict) -> None:
     assert served["score"] == pytest.approx(expected["score"], abs=1e-6)
     for label, p in expected["probabilities"].items():
         assert served["probabilities"][label] == pytest.approx(p, abs=1e-6)
-    assert {k: v for k, v in served.items() if k not in ("score", "probabilities")} == \
-           {k: v for k, v in expected.items() if k not in ("score", "probabilities")}
+    assert {k: v for k, v in served.items() if k not in ("score", "probabilities")} == {
+        k: v for k, v in expected.items() if k not in ("score", "probabilities")
+    }
 
 
 def test_two_replicas_score_like_the_fastapi_service(url, fastapi_client):
@@ -113,8 +123,13 @@ def test_two_replicas_score_like_the_fastapi_service(url, fastapi_client):
 
 
 def test_diagnostics_and_errors_match_the_fastapi_service(url, fastapi_client):
-    cases = [{"text": TEXTS[0], "diagnostics": True}, {"text": "   "}, {"text": "good", "model": "nope"},
-             {"text": "good", "extra": 1}, {"text": "x" * 20_001}]
+    cases = [
+        {"text": TEXTS[0], "diagnostics": True},
+        {"text": "   "},
+        {"text": "good", "model": "nope"},
+        {"text": "good", "extra": 1},
+        {"text": "x" * 20_001},
+    ]
     responses = asyncio.run(_post_all(url, "/v1/sentiment", cases))
     for body, r in zip(cases, responses):
         expected = fastapi_client.post("/v1/sentiment", json=body)
@@ -122,8 +137,9 @@ def test_diagnostics_and_errors_match_the_fastapi_service(url, fastapi_client):
         if r.status_code == 200:
             got, want = r.json(), expected.json()
             assert got["diagnostics"]["tokens"] == want["diagnostics"]["tokens"]
-            _assert_same({k: v for k, v in got.items() if k != "diagnostics"},
-                         {k: v for k, v in want.items() if k != "diagnostics"})
+            _assert_same(
+                {k: v for k, v in got.items() if k != "diagnostics"}, {k: v for k, v in want.items() if k != "diagnostics"}
+            )
         else:
             assert r.json() == expected.json()  # {"error": {"code", "message"}}, same code and message
 
@@ -147,10 +163,12 @@ def test_a_killed_replica_is_replaced_and_only_its_in_flight_requests_fail(url):
         before = await asyncio.to_thread(_replica_ids)
         victim = before[0]
         kill["at"], kill["victim"] = time.monotonic(), victim
-        await asyncio.to_thread(ray.kill, ray.get_actor(f"SERVE_REPLICA::{APP}#{DEPLOYMENT}#{victim}",
-                                                        namespace="serve"), no_restart=True)
-        await asyncio.to_thread(_wait_for, lambda: len(set(_replica_ids()) - set(before)) == 1 and _running() == 2,
-                                60, "a replacement replica")
+        await asyncio.to_thread(
+            ray.kill, ray.get_actor(f"SERVE_REPLICA::{APP}#{DEPLOYMENT}#{victim}", namespace="serve"), no_restart=True
+        )
+        await asyncio.to_thread(
+            _wait_for, lambda: len(set(_replica_ids()) - set(before)) == 1 and _running() == 2, 60, "a replacement replica"
+        )
         kill["replaced"] = time.monotonic()
         await asyncio.sleep(2)  # and keep serving on the new pair
         stop.set()
@@ -164,8 +182,10 @@ def test_a_killed_replica_is_replaced_and_only_its_in_flight_requests_fail(url):
     failed = [r for r in records if r[2] != 200]
     in_flight = [r for r in records if r[0] <= at <= r[1]]
     after = [r for r in records if r[0] > kill["replaced"]]
-    print(f"\nray serve kill: {len(records)} requests, {len(in_flight)} in flight at the kill, {len(failed)} failed "
-          f"(statuses {sorted({r[2] for r in failed})}), replaced in {kill['replaced'] - at:.1f} s")
+    print(
+        f"\nray serve kill: {len(records)} requests, {len(in_flight)} in flight at the kill, {len(failed)} failed "
+        f"(statuses {sorted({r[2] for r in failed})}), replaced in {kill['replaced'] - at:.1f} s"
+    )
     assert len(records) > 50
     assert all(r[0] <= at for r in failed)  # nothing sent after the kill was lost
     assert len(failed) <= len(in_flight)

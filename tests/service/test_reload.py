@@ -84,13 +84,18 @@ def test_swap_under_load_drops_nothing_and_each_answer_names_its_version(make_se
         try:
             assert warmed.wait(60), "the load did not start"
             shutil.move(version_two, root / "tiny-lstm-0.0.2")
-            r = httpx.post(f"{url}/v1/admin/reload", json={"directory": str(root / "tiny-lstm-0.0.2")}, headers=AUTH,
-                           timeout=60)
+            r = httpx.post(f"{url}/v1/admin/reload", json={"directory": str(root / "tiny-lstm-0.0.2")}, headers=AUTH, timeout=60)
             with lock:
                 swapped_at.append(len(results))
             assert r.status_code == 200, r.text
-            assert r.json()["loaded"] == [{"name": MODEL, "version": "0.0.2", "previous_version": "0.0.1",
-                                           "directory": str((root / "tiny-lstm-0.0.2").resolve())}]
+            assert r.json()["loaded"] == [
+                {
+                    "name": MODEL,
+                    "version": "0.0.2",
+                    "previous_version": "0.0.1",
+                    "directory": str((root / "tiny-lstm-0.0.2").resolve()),
+                }
+            ]
             assert after.wait(60), "no answers after the swap"
         finally:
             stop.set()
@@ -155,9 +160,13 @@ def test_sighup_adds_a_new_model_to_a_running_server(root, export_random, tmp_pa
     url = f"http://127.0.0.1:{port}"
     log_path = tmp_path / "serve.log"
     with log_path.open("wb") as log_file:
-        proc = subprocess.Popen([sys.executable, "-m", "service.server", "--port", str(port), "--model-dir", str(root),
-                                 "--log-level", "info"], cwd=REPO, stdout=log_file, stderr=subprocess.STDOUT,
-                                env={**os.environ, "SENTIMENT_INTRA_OP_THREADS": "1"})
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "service.server", "--port", str(port), "--model-dir", str(root), "--log-level", "info"],
+            cwd=REPO,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "SENTIMENT_INTRA_OP_THREADS": "1"},
+        )
     try:
         wait_for(lambda: httpx.get(f"{url}/readyz").status_code == 200, proc)
         relabel(export_random("gru", False).artifact, root / "gru-new", "gru-new", "1.0.0")
@@ -183,4 +192,3 @@ def wait_for(check, proc: subprocess.Popen, timeout: float = 60) -> None:
             pass
         assert proc.poll() is None and time.monotonic() < deadline, "the server did not get there in time"
         time.sleep(0.1)
-

@@ -34,6 +34,7 @@ def test_concurrent_requests_are_tokenized_together(core):
 
     rt.encode = counting
     try:
+
         async def scenario():
             texts = [f"a fine film number {i}" for i in range(20)]
             got = await asyncio.gather(*(core.encode(rt, [t]) for t in texts))
@@ -53,8 +54,9 @@ def test_batch_items_get_their_own_errors_and_the_rest_is_scored(core):
     async def scenario():
         core.batchers[rt.name] = start_batcher(core, rt, None)
         try:
-            return await core.classify_items(rt, ["a great film", " ", "x" * 51, "<br />", "dull"],
-                                             lambda i: f"items[{i}].text", None)
+            return await core.classify_items(
+                rt, ["a great film", " ", "x" * 51, "<br />", "dull"], lambda i: f"items[{i}].text", None
+            )
         finally:
             await core.batchers[rt.name].stop()
 
@@ -65,8 +67,11 @@ def test_batch_items_get_their_own_errors_and_the_rest_is_scored(core):
 
 
 def test_every_core_error_has_one_http_status():
-    kinds = [k for k in vars(exceptions).values() if isinstance(k, type) and issubclass(k, exceptions.ServiceError)
-             and k is not exceptions.ServiceError]
+    kinds = [
+        k
+        for k in vars(exceptions).values()
+        if isinstance(k, type) and issubclass(k, exceptions.ServiceError) and k is not exceptions.ServiceError
+    ]
     assert kinds and all(any(issubclass(k, mapped) for mapped in STATUS) for k in kinds)
     err = as_api_error(exceptions.Overloaded("busy"), 3)
     assert (err.status, err.code, err.headers) == (503, "overloaded", {"Retry-After": "3"})

@@ -45,8 +45,11 @@ def _free_port() -> int:
 
 def test_serves_over_http_and_stops_on_sigterm(serving_root):
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "service.server", "--model-dir", str(serving_root), "--port",
-                             str(port), "--log-level", "warning"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service.server", "--model-dir", str(serving_root), "--port", str(port), "--log-level", "warning"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60

@@ -48,13 +48,23 @@ def test_arguments_beat_the_environment(clean_env, tmp_path):
     assert Settings(model_root=tmp_path).model_root == tmp_path
 
 
-@pytest.mark.parametrize("key, value", [
-    ("SENTIMENT_MAX_WAIT_MS", "-1"), ("SENTIMENT_QUEUE_SIZE", "0"), ("SENTIMENT_MAX_TEXT_CHARS", "lots"),
-    ("SENTIMENT_MAX_BATCH_ITEMS", "0"), ("SENTIMENT_INTRA_OP_THREADS", "-2"), ("SENTIMENT_API_KEYS", "short"),
-    ("SENTIMENT_MAX_HEADER_BYTES", "100"), ("SENTIMENT_MAX_HEADERS", "0"), ("SENTIMENT_HEADER_TIMEOUT_S", "0"),
-    ("SENTIMENT_BODY_TIMEOUT_S", "-1"), ("SENTIMENT_KEEP_ALIVE_S", "0"),
-    ("SENTIMENT_MAX_BUFFERED_BODY_BYTES", "1000"),  # below max_body_bytes: a body at the limit could never fit
-])
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("SENTIMENT_MAX_WAIT_MS", "-1"),
+        ("SENTIMENT_QUEUE_SIZE", "0"),
+        ("SENTIMENT_MAX_TEXT_CHARS", "lots"),
+        ("SENTIMENT_MAX_BATCH_ITEMS", "0"),
+        ("SENTIMENT_INTRA_OP_THREADS", "-2"),
+        ("SENTIMENT_API_KEYS", "short"),
+        ("SENTIMENT_MAX_HEADER_BYTES", "100"),
+        ("SENTIMENT_MAX_HEADERS", "0"),
+        ("SENTIMENT_HEADER_TIMEOUT_S", "0"),
+        ("SENTIMENT_BODY_TIMEOUT_S", "-1"),
+        ("SENTIMENT_KEEP_ALIVE_S", "0"),
+        ("SENTIMENT_MAX_BUFFERED_BODY_BYTES", "1000"),  # below max_body_bytes: a body at the limit could never fit
+    ],
+)
 def test_bad_values_fail_fast(clean_env, key, value):
     clean_env.setenv(key, value)
     with pytest.raises(ValidationError):

@@ -75,18 +75,20 @@ def test_truncation(server):
     default = httpx.post(f"{server}/predict", json={"inputs": LONG}).json()
     assert_same(default, ranked(v1(server, LONG)))  # the model's own head+tail policy
     for direction, policy in (("right", "head"), ("left", "tail")):
-        got = httpx.post(f"{server}/predict", json={"inputs": LONG, "truncate": True,
-                                                    "truncation_direction": direction}).json()
+        got = httpx.post(f"{server}/predict", json={"inputs": LONG, "truncate": True, "truncation_direction": direction}).json()
         assert_same(got, ranked(v1(server, LONG, truncate=policy)))
 
 
-@pytest.mark.parametrize("body, status", [
-    ({"inputs": [["a", "b"]]}, 422),  # a sentence pair
-    ({"inputs": []}, 422),
-    ({"inputs": "   "}, 422),
-    ({"input": "typo"}, 422),
-    ({"inputs": "x", "parameters": {"function_to_apply": "sigmoid"}}, 422),
-])
+@pytest.mark.parametrize(
+    "body, status",
+    [
+        ({"inputs": [["a", "b"]]}, 422),  # a sentence pair
+        ({"inputs": []}, 422),
+        ({"inputs": "   "}, 422),
+        ({"input": "typo"}, 422),
+        ({"inputs": "x", "parameters": {"function_to_apply": "sigmoid"}}, 422),
+    ],
+)
 def test_bad_requests_answer_tei_error_shape(server, body, status):
     r = httpx.post(f"{server}/predict", json=body)
     assert r.status_code == status, r.text

@@ -14,8 +14,7 @@ from service.app import create_app
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_ID = "00f067aa0ba902b7"
-OTEL_VARS = ("OTEL_SDK_DISABLED", "OTEL_TRACES_EXPORTER", "OTEL_EXPORTER_OTLP_ENDPOINT",
-             "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+OTEL_VARS = ("OTEL_SDK_DISABLED", "OTEL_TRACES_EXPORTER", "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
 
 
 @pytest.fixture
@@ -29,15 +28,20 @@ def traced(make_settings):
 
 def spans_of(exporter, trace_id: int) -> dict:
     spans = [s for s in exporter.get_finished_spans() if s.context.trace_id == trace_id]
-    return {"server": [s for s in spans if s.kind == SpanKind.SERVER],
-            "queue wait": [s for s in spans if s.name == "queue wait"],
-            "inference": [s for s in spans if s.name == "inference"]}
+    return {
+        "server": [s for s in spans if s.kind == SpanKind.SERVER],
+        "queue wait": [s for s in spans if s.name == "queue wait"],
+        "inference": [s for s in spans if s.name == "inference"],
+    }
 
 
 def test_request_span_continues_traceparent_with_model_spans_under_it(traced):
     client, exporter = traced
-    r = client.post("/v1/sentiment/batch", json={"items": [{"text": "Loved it, great film."}, {"text": "Dull."}]},
-                    headers={"traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01"})
+    r = client.post(
+        "/v1/sentiment/batch",
+        json={"items": [{"text": "Loved it, great film."}, {"text": "Dull."}]},
+        headers={"traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01"},
+    )
     assert r.status_code == 200
     spans = spans_of(exporter, int(TRACE_ID, 16))
     (server,) = spans["server"]
@@ -55,10 +59,13 @@ def test_request_span_continues_traceparent_with_model_spans_under_it(traced):
     assert sum(s.attributes["sentiment.batch_texts"] for s in spans["inference"]) >= 2
 
 
-@pytest.mark.parametrize("path, body", [
-    ("/predict", {"inputs": "A great film."}),
-    ("/v2/models/tiny-lstm/infer", {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["Great."]}]}),
-])
+@pytest.mark.parametrize(
+    "path, body",
+    [
+        ("/predict", {"inputs": "A great film."}),
+        ("/v2/models/tiny-lstm/infer", {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["Great."]}]}),
+    ],
+)
 def test_protocol_routes_are_traced_alike(traced, path, body):
     client, exporter = traced
     assert client.post(path, json=body, headers={"traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01"}).status_code == 200
@@ -73,13 +80,16 @@ def test_probes_are_not_traced(traced):
     assert exporter.get_finished_spans() == ()
 
 
-@pytest.mark.parametrize("environ, on", [
-    ({}, False),
-    ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318"}, True),
-    ({"OTEL_TRACES_EXPORTER": "console"}, True),
-    ({"OTEL_TRACES_EXPORTER": "none", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318"}, False),
-    ({"OTEL_SDK_DISABLED": "true", "OTEL_TRACES_EXPORTER": "otlp"}, False),
-])
+@pytest.mark.parametrize(
+    "environ, on",
+    [
+        ({}, False),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318"}, True),
+        ({"OTEL_TRACES_EXPORTER": "console"}, True),
+        ({"OTEL_TRACES_EXPORTER": "none", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318"}, False),
+        ({"OTEL_SDK_DISABLED": "true", "OTEL_TRACES_EXPORTER": "otlp"}, False),
+    ],
+)
 def test_opt_in_through_standard_variables(environ, on):
     assert tracing.enabled(environ) is on
 

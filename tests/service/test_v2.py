@@ -51,8 +51,10 @@ def test_health_and_metadata_through_tritonclient(triton):
     meta = triton.get_model_metadata(MODEL)
     assert meta["name"] == MODEL and meta["versions"] == ["0.0.1"]
     assert meta["inputs"] == [{"name": "text", "datatype": "BYTES", "shape": [-1]}]
-    assert meta["outputs"] == [{"name": "label", "datatype": "BYTES", "shape": [-1]},
-                               {"name": "probabilities", "datatype": "FP32", "shape": [-1, 2]}]
+    assert meta["outputs"] == [
+        {"name": "label", "datatype": "BYTES", "shape": [-1]},
+        {"name": "probabilities", "datatype": "FP32", "shape": [-1, 2]},
+    ]
 
 
 @pytest.mark.parametrize("binary", [True, False], ids=["binary-tensors", "json-tensors"])
@@ -90,15 +92,20 @@ def test_unknown_model_is_a_protocol_error(triton, server):
     assert r.status_code == 404 and isinstance(r.json()["error"], str)
 
 
-@pytest.mark.parametrize("body, message", [
-    ({"inputs": [{"name": "text", "shape": [1], "datatype": "FP32", "data": [1.0]}]}, "expected BYTES"),
-    ({"inputs": [{"name": "review", "shape": [1], "datatype": "BYTES", "data": ["x"]}]}, "named 'text'"),
-    ({"inputs": [{"name": "text", "shape": [2], "datatype": "BYTES", "data": ["x"]}]}, "but 1 elements"),
-    ({"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["   "]}]}, "empty"),
-    ({"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["x"]}], "outputs": [{"name": "logits"}]},
-     "unknown output 'logits'"),
-    ({"inputs": []}, "inputs"),
-])
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ({"inputs": [{"name": "text", "shape": [1], "datatype": "FP32", "data": [1.0]}]}, "expected BYTES"),
+        ({"inputs": [{"name": "review", "shape": [1], "datatype": "BYTES", "data": ["x"]}]}, "named 'text'"),
+        ({"inputs": [{"name": "text", "shape": [2], "datatype": "BYTES", "data": ["x"]}]}, "but 1 elements"),
+        ({"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["   "]}]}, "empty"),
+        (
+            {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["x"]}], "outputs": [{"name": "logits"}]},
+            "unknown output 'logits'",
+        ),
+        ({"inputs": []}, "inputs"),
+    ],
+)
 def test_bad_requests_are_400_with_a_string_error(server, body, message):
     r = httpx.post(f"{server}/v2/models/{MODEL}/infer", json=body)
     assert r.status_code == 400, r.text
@@ -108,11 +115,15 @@ def test_bad_requests_are_400_with_a_string_error(server, body, message):
 def test_malformed_json_and_binary(server):
     r = httpx.post(f"{server}/v2/models/{MODEL}/infer", content=b"{nope")
     assert r.status_code == 400 and "not valid JSON" in r.json()["error"]
-    header = json.dumps({"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES",
-                                     "parameters": {"binary_data_size": 9}}]}).encode()
+    header = json.dumps(
+        {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "parameters": {"binary_data_size": 9}}]}
+    ).encode()
     broken = struct.pack("<I", 50) + b"short"  # the length prefix promises more than follows
-    r = httpx.post(f"{server}/v2/models/{MODEL}/infer", content=header + broken,
-                   headers={"Inference-Header-Content-Length": str(len(header))})
+    r = httpx.post(
+        f"{server}/v2/models/{MODEL}/infer",
+        content=header + broken,
+        headers={"Inference-Header-Content-Length": str(len(header))},
+    )
     assert r.status_code == 400 and "runs past the end" in r.json()["error"]
 
 

@@ -32,9 +32,28 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "SENTIMENT_INTRA_OP_THREADS": "1", "SENTIMENT_DEFAULT_MODEL": "tiny-lstm"}
         env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-        self.proc = subprocess.Popen([sys.executable, "-m", "service.server", "--workers", "2", "--port", str(self.port),
-                                      "--model-dir", str(root), "--log-level", "info", "--graceful-timeout", "20"],
-                                     cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "service.server",
+                "--workers",
+                "2",
+                "--port",
+                str(self.port),
+                "--model-dir",
+                str(root),
+                "--log-level",
+                "info",
+                "--graceful-timeout",
+                "20",
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         self.lines: list[str] = []
         self.changed = threading.Condition()
         threading.Thread(target=self._read, daemon=True).start()
@@ -49,8 +68,10 @@ class Server:
 
     def wait_log(self, pattern: str, timeout: float = 60, count: int = 1) -> list[re.Match]:
         """The first `count` log lines matching `pattern`, waiting for them."""
+
         def found():
             return [m for m in map(re.compile(pattern).search, self.lines) if m]
+
         with self.changed:
             ok = self.changed.wait_for(lambda: len(found()) >= count or self.proc.poll() is not None, timeout)
             assert ok and len(found()) >= count, f"no {pattern!r} in the log:\n" + "\n".join(self.lines[-40:])
@@ -62,10 +83,12 @@ class Server:
 
     def pids_answering(self, requests: int = 64) -> list[str]:
         """Worker pids of `requests` GET /healthz, each on a new connection, 8 at a time."""
+
         def one(_):
             response = httpx.get(f"{self.url}/healthz", headers={"connection": "close"}, timeout=10)
             assert response.status_code == 200
             return response.headers[HEADER]
+
         with ThreadPoolExecutor(8) as pool:
             return list(pool.map(one, range(requests)))
 
@@ -101,8 +124,7 @@ def server(serving_root):
 
 def requests_total(url: str, route: str) -> float:
     text = httpx.get(f"{url}/metrics").text
-    match = re.search(rf'^sentiment_requests_total{{method="GET",route="{re.escape(route)}",status="200"}} (\S+)$',
-                      text, re.M)
+    match = re.search(rf'^sentiment_requests_total{{method="GET",route="{re.escape(route)}",status="200"}} (\S+)$', text, re.M)
     return float(match[1]) if match else 0.0
 
 
@@ -117,8 +139,9 @@ def test_metrics_sum_the_requests_of_every_worker(server):
     assert len(set(pids)) == 2  # both counted below, so one worker's own count would be short
     assert requests_total(server.url, "/healthz") - before == 40
     text = httpx.get(f"{server.url}/metrics").text
-    assert re.search(r'^sentiment_model_info{model="tiny-lstm",provider="CPUExecutionProvider",version="[^"]+"} 1\.0$',
-                     text, re.M), "a model served by both workers is listed once"
+    assert re.search(
+        r'^sentiment_model_info{model="tiny-lstm",provider="CPUExecutionProvider",version="[^"]+"} 1\.0$', text, re.M
+    ), "a model served by both workers is listed once"
 
 
 def test_a_killed_worker_is_logged_and_replaced(server):
@@ -138,8 +161,10 @@ def test_sigterm_drains_an_in_flight_request_and_exits_0(serving_root):
     with two_workers(serving_root) as server:
         body = b'{"text": "a wonderful, moving film"}'
         with socket.create_connection(("127.0.0.1", server.port), timeout=30) as conn:
-            conn.sendall(b"POST /v1/sentiment HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
-                         b"content-length: %d\r\nexpect: 100-continue\r\n\r\n" % len(body))
+            conn.sendall(
+                b"POST /v1/sentiment HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                b"content-length: %d\r\nexpect: 100-continue\r\n\r\n" % len(body)
+            )
             # "100 Continue" comes when the app asks for the body: the request is in a worker, in flight.
             assert conn.recv(100).startswith(b"HTTP/1.1 100 Continue")
             server.proc.send_signal(signal.SIGTERM)
@@ -153,6 +178,6 @@ def test_sigterm_drains_an_in_flight_request_and_exits_0(serving_root):
                 assert chunk, answer
                 answer += chunk
         assert answer.startswith(b"HTTP/1.1 200"), answer
-        assert b"\"score\":" in answer.replace(b" ", b"")
+        assert b'"score":' in answer.replace(b" ", b"")
         assert server.proc.wait(timeout=30) == 0
         server.wait_log(r"all workers stopped")

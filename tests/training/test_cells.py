@@ -39,7 +39,7 @@ def test_reference_cells_match_torch_bidirectional_module(kind):
             cell = CELLS[kind].from_torch(module, direction=d)
             assert cell.kind == kind
             hs, gates = cell.run(x[0], reverse=bool(d))
-            _close(hs, out[:, d * H:(d + 1) * H])
+            _close(hs, out[:, d * H : (d + 1) * H])
             assert gates.shape == (T, len(GATE_NAMES[kind]), H)
 
 
@@ -68,7 +68,7 @@ def test_reference_layer_matches_model_layer_on_padded_batch(kind, bidirectional
             hs, gates = reference_layer(layer.directions, kind, x[b, :n])
             assert len(hs) == len(gates) == len(layer.directions)
             for d, h in enumerate(hs):
-                _close(h, out[b, :n, d * H:(d + 1) * H])
+                _close(h, out[b, :n, d * H : (d + 1) * H])
             assert (out[b, n:] == 0).all()
 
 
@@ -97,7 +97,7 @@ def test_gates_follow_the_documented_equations(kind):
     with torch.no_grad():
         out = module(x[None])[0][0]
         for d in (0, 1):
-            h = out[:, d * H:(d + 1) * H]
+            h = out[:, d * H : (d + 1) * H]
             _, gates = CELLS[kind].from_torch(module, direction=d).run(x, reverse=bool(d))
             expected, prev = _gates_from_equations(kind, module, d, x, h)
             named = {name: gates[:, k] for k, name in enumerate(GATE_NAMES[kind])}

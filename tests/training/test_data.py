@@ -74,8 +74,18 @@ def test_load_unlabeled_returns_the_unsup_texts(imdb_fixture, imdb_tarball, tmp_
     assert load_unlabeled(jsonl) == []  # plain files carry no unlabeled reviews
 
 
-LABEL_FORMS = [("neg", 0), ("pos", 1), ("0", 0), ("1", 1), ("negative", 0), ("positive", 1), (" Positive ", 1),
-               ("NEG", 0), (0, 0), (1, 1)]
+LABEL_FORMS = [
+    ("neg", 0),
+    ("pos", 1),
+    ("0", 0),
+    ("1", 1),
+    ("negative", 0),
+    ("positive", 1),
+    (" Positive ", 1),
+    ("NEG", 0),
+    (0, 0),
+    (1, 1),
+]
 
 
 @pytest.mark.parametrize(("raw", "label"), LABEL_FORMS)
@@ -84,8 +94,10 @@ def test_parse_label_aliases(raw, label):
 
 
 def test_jsonl_loader(tmp_path):
-    rows = [{"text": f"review {i}", "label": raw, **({"group": f"film{i % 3}"} if i % 2 else {})}
-            for i, (raw, _) in enumerate(LABEL_FORMS)]
+    rows = [
+        {"text": f"review {i}", "label": raw, **({"group": f"film{i % 3}"} if i % 2 else {})}
+        for i, (raw, _) in enumerate(LABEL_FORMS)
+    ]
     path = tmp_path / "data.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows[:5]) + "\n\n" + "\n".join(json.dumps(r) for r in rows[5:]))
     examples = load_labeled(path)
@@ -115,20 +127,27 @@ def _write(path, text):
     return path
 
 
-@pytest.mark.parametrize(("name", "content", "message"), [
-    ("empty.jsonl", "", "no examples"),
-    ("blank.jsonl", "\n \n", "no examples"),
-    ("empty.csv", "", "'text' and 'label'"),
-    ("header_only.csv", "text,label\n", "no examples"),
-    ("bad_label.jsonl", '{"text": "ok", "label": "pos"}\n{"text": "meh", "label": "neutral"}\n', ":2: unknown label 'neutral'"),
-    ("bad_label.csv", "text,label\nfine,1\nbad,2\n", ":3: unknown label '2'"),
-    ("bad_json.jsonl", '{"text": "ok", "label": 1}\n{"text": "oops", "label": \n', ":2: invalid JSON"),
-    ("not_object.jsonl", '["text", 1]\n', ":1: each row needs a string 'text' and a 'label'"),
-    ("no_label.jsonl", '{"text": "ok"}\n', "each row needs"),
-    ("columns.csv", "review,sentiment\ngood,pos\n", "CSV needs a header with 'text' and 'label' columns"),
-    ("data.txt", "great film\n", "unsupported format"),
-    ("data.parquet", "PAR1", "unsupported format"),
-])
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("empty.jsonl", "", "no examples"),
+        ("blank.jsonl", "\n \n", "no examples"),
+        ("empty.csv", "", "'text' and 'label'"),
+        ("header_only.csv", "text,label\n", "no examples"),
+        (
+            "bad_label.jsonl",
+            '{"text": "ok", "label": "pos"}\n{"text": "meh", "label": "neutral"}\n',
+            ":2: unknown label 'neutral'",
+        ),
+        ("bad_label.csv", "text,label\nfine,1\nbad,2\n", ":3: unknown label '2'"),
+        ("bad_json.jsonl", '{"text": "ok", "label": 1}\n{"text": "oops", "label": \n', ":2: invalid JSON"),
+        ("not_object.jsonl", '["text", 1]\n', ":1: each row needs a string 'text' and a 'label'"),
+        ("no_label.jsonl", '{"text": "ok"}\n', "each row needs"),
+        ("columns.csv", "review,sentiment\ngood,pos\n", "CSV needs a header with 'text' and 'label' columns"),
+        ("data.txt", "great film\n", "unsupported format"),
+        ("data.parquet", "PAR1", "unsupported format"),
+    ],
+)
 def test_bad_files_raise_data_error_naming_the_file(tmp_path, name, content, message):
     path = _write(tmp_path / name, content)
     with pytest.raises(DataError) as info:
@@ -162,8 +181,8 @@ def test_corrupt_tarball(tmp_path, tarball_bytes, damage):
         "truncated_header": tarball_bytes[:40],
         "truncated_half": tarball_bytes[: len(tarball_bytes) // 2],
         "flipped_middle": tarball_bytes[: len(tarball_bytes) // 2]
-        + bytes(b ^ 0xA5 for b in tarball_bytes[len(tarball_bytes) // 2: len(tarball_bytes) // 2 + 64])
-        + tarball_bytes[len(tarball_bytes) // 2 + 64:],
+        + bytes(b ^ 0xA5 for b in tarball_bytes[len(tarball_bytes) // 2 : len(tarball_bytes) // 2 + 64])
+        + tarball_bytes[len(tarball_bytes) // 2 + 64 :],
     }[damage]
     path = tmp_path / "aclImdb_broken.tar.gz"
     path.write_bytes(data)

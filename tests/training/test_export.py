@@ -25,7 +25,8 @@ from training.train import parse_config
 CELLS = ["lstm", "gru", "rnn"]
 POOLINGS = ["last", "mean", "max", "meanmax"]
 ALL_CONFIGS = [(c, bi, p, 1) for c in CELLS for bi in (False, True) for p in POOLINGS] + [
-    (c, bi, p, 2) for c in CELLS for bi in (False, True) for p in ("last", "meanmax")]
+    (c, bi, p, 2) for c in CELLS for bi in (False, True) for p in ("last", "meanmax")
+]
 
 
 def _ids(config):
@@ -68,20 +69,25 @@ def diag(export_random, ort_session):
         key = (config, tuple(lengths or ()), steps, seed)
         if key not in cache:
             if exp.artifact not in cache:
-                cache[exp.artifact] = (ort_session(exp.artifact / "model.onnx"),
-                                       ort_session(exp.artifact / "diagnostics.onnx"))
+                cache[exp.artifact] = (ort_session(exp.artifact / "model.onnx"), ort_session(exp.artifact / "diagnostics.onnx"))
             sessions = cache[exp.artifact]
             steps_ = steps or exp.max_tokens
             ids, lens = _batch(exp.model.cfg.vocab_size, lengths or [steps_, 1, 7, steps_ - 2, 3], steps_, seed)
             names = [o.name for o in sessions[1].get_outputs()]
-            cache[key] = (exp, ids, lens, sessions[0].run(None, _feeds(ids, lens)),
-                          dict(zip(names, sessions[1].run(None, _feeds(ids, lens)))))
+            cache[key] = (
+                exp,
+                ids,
+                lens,
+                sessions[0].run(None, _feeds(ids, lens)),
+                dict(zip(names, sessions[1].run(None, _feeds(ids, lens)))),
+            )
         return cache[key]
 
     return run
 
 
 # --- parity -----------------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("config", ALL_CONFIGS, ids=_ids)
 def test_onnx_matches_torch_on_padded_batches(diag, config):
@@ -106,6 +112,7 @@ def test_temperature_is_applied(diag):
 
 
 # --- diagnostics ------------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("config", ALL_CONFIGS, ids=_ids)
 def test_diagnostics_hidden_states_match_encode(diag, config):
@@ -179,6 +186,7 @@ def test_unidirectional_running_positive_is_the_prefix_score(diag, export_random
 
 # --- graphs, files and manifest -------------------------------------------------------------------------------
 
+
 def test_opset_and_dynamic_inputs(tiny_artifact, random_artifacts):
     for art in [tiny_artifact] + [e.artifact for e in random_artifacts.values()]:
         for name in ("model.onnx", "diagnostics.onnx"):
@@ -231,16 +239,21 @@ def test_manifest_contents(tiny_artifact, tiny_run_dir):
     assert rebuilt == cfg and not resume
     assert manifest["training"]["config"]["seed"] == cfg.seed
     commit = manifest["training"]["source_commit"]
-    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                          cwd=Path(__file__).parent).stdout.strip()
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent).stdout.strip()
     assert commit == (head or "unknown")
     assert re.fullmatch(r"[0-9a-f]{40}|unknown", commit)
 
 
 def test_training_command_round_trips_through_the_cli_parser():
-    cfg = TrainConfig(data="/data/my reviews/imdb's.jsonl", name="lstm with spaces", lr=0.003, epochs=3,
-                      time_budget_min=1e-3, truncation="tail",
-                      model=ModelConfig(cell="gru", bidirectional=False, pooling="last", hidden_size=64))
+    cfg = TrainConfig(
+        data="/data/my reviews/imdb's.jsonl",
+        name="lstm with spaces",
+        lr=0.003,
+        epochs=3,
+        time_budget_min=1e-3,
+        truncation="tail",
+        model=ModelConfig(cell="gru", bidirectional=False, pooling="last", hidden_size=64),
+    )
     command = train_command(cfg)
     rebuilt, _ = parse_config(shlex.split(command)[1:])
     assert rebuilt == cfg
@@ -268,8 +281,9 @@ def test_full_size_model_fits_the_budget_with_shared_weights(tmp_path, placehold
     tokenizer = build_tokenizer([" ".join(f"w{k}" for k in range(cfg.vocab_size))], cfg.vocab_size, 1)
     assert tokenizer.get_vocab_size() == cfg.vocab_size
     model = RecurrentClassifier(cfg)
-    manifest = export_model(model, tokenizer.to_str(), tmp_path, name="full", version="0", train_cfg=TrainConfig(),
-                            metrics=placeholder_metrics())
+    manifest = export_model(
+        model, tokenizer.to_str(), tmp_path, name="full", version="0", train_cfg=TrainConfig(), metrics=placeholder_metrics()
+    )
     total = sum(p.stat().st_size for p in tmp_path.iterdir())
     assert total <= 30 * 2**20
     # The embedding table is stored once for both graphs; the recurrent and head weights at most twice (ONNX gate
@@ -299,9 +313,12 @@ TEXTS = [
 
 def test_trained_model_scores_a_text_the_same_alone_and_in_a_padded_batch(tiny_artifact, tiny_run_dir, ort_session):
     manifest = json.loads((tiny_artifact / "manifest.json").read_text())
-    tok = TextTokenizer.from_file(tiny_artifact / "tokenizer.json", max_tokens=manifest["max_tokens"],
-                                  truncation=manifest["truncation"]["strategy"],
-                                  head_tokens=manifest["truncation"]["head_tokens"])
+    tok = TextTokenizer.from_file(
+        tiny_artifact / "tokenizer.json",
+        max_tokens=manifest["max_tokens"],
+        truncation=manifest["truncation"]["strategy"],
+        head_tokens=manifest["truncation"]["head_tokens"],
+    )
     encoded = tok.encode_batch(TEXTS)
     assert encoded[3].truncated and encoded[3].num_tokens == manifest["max_tokens"]
     lens = np.array([e.num_tokens for e in encoded])
@@ -309,8 +326,7 @@ def test_trained_model_scores_a_text_the_same_alone_and_in_a_padded_batch(tiny_a
     for b, e in enumerate(encoded):
         ids[b, : e.num_tokens] = e.ids
     model, _ = load_run(tiny_run_dir)
-    ref_logits, ref_probs = _torch_scores(model, torch.from_numpy(ids), torch.from_numpy(lens),
-                                          manifest["temperature"])
+    ref_logits, ref_probs = _torch_scores(model, torch.from_numpy(ids), torch.from_numpy(lens), manifest["temperature"])
     for name in ("model.onnx", "diagnostics.onnx"):
         session = ort_session(tiny_artifact / name)
         batch = session.run(["probabilities"], {"input_ids": ids, "lengths": lens})[0]

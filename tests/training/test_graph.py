@@ -12,7 +12,9 @@ from training.ngrams import count_matrix, ngram_rows  # noqa: E402
 
 BUCKETS = 53  # small and prime: plenty of collisions, so a wrong hash row would change scores
 UNI = [("lstm", False, p, 1, BUCKETS) for p in ("meanmax", "mean", "max", "last")] + [
-    ("gru", False, "meanmax", 2, BUCKETS), ("lstm", False, "meanmax", 1, 0)]
+    ("gru", False, "meanmax", 2, BUCKETS),
+    ("lstm", False, "meanmax", 1, 0),
+]
 
 
 def _ids(c):
@@ -138,11 +140,23 @@ def test_an_ngram_weight_is_shared_by_its_tokens(export_random, ort_session):
         model.ngram.weight[row] = 2.0
         model.mix.copy_(torch.tensor([1.0, 1.0, 0.0]))
     out_dir = exp.artifact.parent / "one-bigram"
-    export_model(model, (exp.artifact / "tokenizer.json").read_text(), out_dir, name="one-bigram", version="0",
-                 train_cfg=TrainConfig(max_tokens=24), metrics={"val_accuracy": 0.5, "ece_before": 0, "ece_after": 0,
-                                                                "val_nll_before": 0, "val_nll_after": 0,
-                                                                "train_seconds": 0},
-                 temperature=1.0)
+    export_model(
+        model,
+        (exp.artifact / "tokenizer.json").read_text(),
+        out_dir,
+        name="one-bigram",
+        version="0",
+        train_cfg=TrainConfig(max_tokens=24),
+        metrics={
+            "val_accuracy": 0.5,
+            "ece_before": 0,
+            "ece_after": 0,
+            "val_nll_before": 0,
+            "val_nll_after": 0,
+            "train_seconds": 0,
+        },
+        temperature=1.0,
+    )
     session = ort_session(out_dir / "diagnostics.onnx")
     names = [o.name for o in session.get_outputs()]
     out = dict(zip(names, session.run(None, {"input_ids": ids.numpy(), "lengths": np.array([4])})))

@@ -14,8 +14,17 @@ POOLINGS = ["last", "mean", "max", "meanmax"]
 
 def _model(cell, bidirectional, pooling, num_layers, seed=0) -> RecurrentClassifier:
     torch.manual_seed(seed)
-    cfg = ModelConfig(vocab_size=VOCAB, embedding_dim=7, hidden_size=5, cell=cell, bidirectional=bidirectional,
-                      pooling=pooling, num_layers=num_layers, dropout=0.5, embedding_dropout=0.5)
+    cfg = ModelConfig(
+        vocab_size=VOCAB,
+        embedding_dim=7,
+        hidden_size=5,
+        cell=cell,
+        bidirectional=bidirectional,
+        pooling=pooling,
+        num_layers=num_layers,
+        dropout=0.5,
+        embedding_dropout=0.5,
+    )
     model = RecurrentClassifier(cfg)
     with torch.no_grad():
         for name, p in model.named_parameters():

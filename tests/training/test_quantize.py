@@ -14,8 +14,13 @@ from service.artifacts import load_manifest
 from service.runtime import ModelRuntime
 from training.quantize import main, quantize_artifact
 
-TEXTS = ["a great film with a superb cast", "dull plot and a boring waste of time", "the movie was fine",
-         "loved it " * 10, "awful awful awful but the music was great"]
+TEXTS = [
+    "a great film with a superb cast",
+    "dull plot and a boring waste of time",
+    "the movie was fine",
+    "loved it " * 10,
+    "awful awful awful but the music was great",
+]
 
 
 def ops(path) -> Counter:
@@ -46,9 +51,12 @@ def test_int8_artifact_is_complete_verified_and_loads(tiny_artifact, tiny_int8):
     assert set(manifest["files"]) == set(source["files"])
     assert manifest["name"] == source["name"] + "-int8"
     q = manifest["quantization"]
-    assert q["source"] == {"name": source["name"], "version": source["version"],
-                           "model.onnx": source["files"]["model.onnx"]["sha256"],
-                           "weights.bin": source["files"]["weights.bin"]["sha256"]}
+    assert q["source"] == {
+        "name": source["name"],
+        "version": source["version"],
+        "model.onnx": source["files"]["model.onnx"]["sha256"],
+        "weights.bin": source["files"]["weights.bin"]["sha256"],
+    }
     assert q["recurrent_cell"].startswith("int8")
     for graph in ("model.onnx", "diagnostics.onnx"):
         found = ops(out / graph)
@@ -122,16 +130,32 @@ def test_cli_refuses_a_non_empty_output_and_the_source_itself(tiny_artifact, tmp
 
 def test_cli_writes_and_evaluates(tiny_artifact, imdb_tarball, tmp_path, capsys):
     report_path = tmp_path / "report.json"
-    assert main(["--model-dir", str(tiny_artifact), "--out", str(tmp_path / "q"), "--evaluate", "--data",
-                 str(imdb_tarball), "--rounds", "1", "--report", str(report_path)]) == 0
+    assert (
+        main(
+            [
+                "--model-dir",
+                str(tiny_artifact),
+                "--out",
+                str(tmp_path / "q"),
+                "--evaluate",
+                "--data",
+                str(imdb_tarball),
+                "--rounds",
+                "1",
+                "--report",
+                str(report_path),
+            ]
+        )
+        == 0
+    )
     report = json.loads(report_path.read_text())
     assert report["reviews"] > 0 and report["fp32"]["reviews_per_s"] > 0 and report["int8"]["reviews_per_s"] > 0
     # tiny weights: the scales and extra nodes outweigh the int8 saving, so only the arithmetic is checked here
-    assert report["size_ratio"] == pytest.approx(report["int8"]["onnx_and_weights_bytes"]
-                                                 / report["fp32"]["onnx_and_weights_bytes"])
+    assert report["size_ratio"] == pytest.approx(
+        report["int8"]["onnx_and_weights_bytes"] / report["fp32"]["onnx_and_weights_bytes"]
+    )
     assert 0 <= report["int8"]["accuracy"] <= 1 and 0 <= report["label_agreement"] <= 1
-    assert report["accuracy_change_points"] == pytest.approx(
-        (report["int8"]["accuracy"] - report["fp32"]["accuracy"]) * 100)
+    assert report["accuracy_change_points"] == pytest.approx((report["int8"]["accuracy"] - report["fp32"]["accuracy"]) * 100)
 
 
 def test_op_types_choose_what_is_quantized(tiny_artifact, tmp_path, capsys):

@@ -37,13 +37,16 @@ def test_tokenizer_without_pad_zero_is_rejected():
         TextTokenizer(Tokenizer(WordLevel({"[UNK]": 0, "[PAD]": 1, "good": 2}, unk_token="[UNK]")), max_tokens=5)
 
 
-@pytest.mark.parametrize("text", [
-    "Great film<br /><br />I loved it",
-    "Great film<br/>I loved it",
-    "Great film<BR>I loved it",
-    "Great film< br / >I loved it",
-    "Great <i>film</i><br />I loved it",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Great film<br /><br />I loved it",
+        "Great film<br/>I loved it",
+        "Great film<BR>I loved it",
+        "Great film< br / >I loved it",
+        "Great <i>film</i><br />I loved it",
+    ],
+)
 def test_html_line_breaks_and_tags_are_cleaned(text_tok, text):
     assert text_tok.tokens(text) == ["great", "film", "i", "loved", "it"]
     enc = text_tok.encode(text)
@@ -59,13 +62,16 @@ def test_br_tag_never_leaks_tokens(imdb_fixture, fixture_tokenizer):
         assert "br" not in tok.tokens(review.text)
 
 
-@pytest.mark.parametrize(("text", "tokens"), [
-    ("Tom &amp; Jerry", ["tom", "&", "jerry"]),
-    ("a &quot;classic&quot;", ["a", '"', "classic", '"']),
-    ("I didn&#39;t like it", ["i", "didn't", "like", "it"]),
-    ("I didn&#039;t like it", ["i", "didn't", "like", "it"]),
-    ("5 &lt; 10&nbsp;stars", ["5", "<", "10", "stars"]),
-])
+@pytest.mark.parametrize(
+    ("text", "tokens"),
+    [
+        ("Tom &amp; Jerry", ["tom", "&", "jerry"]),
+        ("a &quot;classic&quot;", ["a", '"', "classic", '"']),
+        ("I didn&#39;t like it", ["i", "didn't", "like", "it"]),
+        ("I didn&#039;t like it", ["i", "didn't", "like", "it"]),
+        ("5 &lt; 10&nbsp;stars", ["5", "<", "10", "stars"]),
+    ],
+)
 def test_entities_are_decoded(text_tok, text, tokens):
     assert text_tok.tokens(text) == tokens
 
@@ -142,16 +148,22 @@ def numbered():
     return tok, text, position_of
 
 
-@pytest.mark.parametrize(("strategy", "expected"), [
-    ("head", list(range(10))),
-    ("tail", list(range(N_WORDS - 10, N_WORDS))),
-    ("head_tail", [0, 1, 2] + list(range(N_WORDS - 7, N_WORDS))),
-])
+@pytest.mark.parametrize(
+    ("strategy", "expected"),
+    [
+        ("head", list(range(10))),
+        ("tail", list(range(N_WORDS - 10, N_WORDS))),
+        ("head_tail", [0, 1, 2] + list(range(N_WORDS - 7, N_WORDS))),
+    ],
+)
 def test_truncation_keeps_the_right_positions(numbered, strategy, expected):
     tok, text, position_of = numbered
     tt = TextTokenizer(tok, max_tokens=10, truncation=strategy, head_tokens=3)
-    for enc in (tt.encode(text), tt.encode_batch([text, "w1 w2"])[0], TextTokenizer(tok, 10, "head", 3).encode(
-            text, truncation=strategy)):
+    for enc in (
+        tt.encode(text),
+        tt.encode_batch([text, "w1 w2"])[0],
+        TextTokenizer(tok, 10, "head", 3).encode(text, truncation=strategy),
+    ):
         assert [position_of[i] for i in enc.ids.tolist()] == expected
         assert enc.truncated and enc.total_tokens == N_WORDS and enc.num_tokens == 10
         assert [text[a:b] for a, b in enc.offsets] == [f"w{k}" for k in expected]

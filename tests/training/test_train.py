@@ -69,8 +69,7 @@ def test_training_is_reproducible(tiny_run_dir, imdb_fixture_dir, tiny_config_fa
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_resume_extends_a_finished_run_to_the_requested_epochs(tiny_run_dir, imdb_fixture_dir, tiny_config_factory,
-                                                               tmp_path):
+def test_resume_extends_a_finished_run_to_the_requested_epochs(tiny_run_dir, imdb_fixture_dir, tiny_config_factory, tmp_path):
     """`--resume --epochs 2` after a 1-epoch run continues to epoch 2, exactly as an uninterrupted 2-epoch run."""
     _, argv = tiny_config_factory
     out = tmp_path / "resumed"
@@ -83,8 +82,9 @@ def test_resume_extends_a_finished_run_to_the_requested_epochs(tiny_run_dir, imd
     assert _history(resumed) == _history(json.loads((tiny_run_dir / "metrics.json").read_text()))
 
 
-def test_resume_after_a_stop_continues_to_the_runs_own_target(tiny_run_dir, imdb_fixture_dir, tiny_config_factory,
-                                                              tmp_path, monkeypatch):
+def test_resume_after_a_stop_continues_to_the_runs_own_target(
+    tiny_run_dir, imdb_fixture_dir, tiny_config_factory, tmp_path, monkeypatch
+):
     """A run stopped after epoch 1 of 2; `sentiment-train --out-dir ... --resume` (nothing else) finishes it."""
     _, argv = tiny_config_factory
     out = tmp_path / "stopped"
@@ -115,8 +115,9 @@ def test_time_budget_stops_after_the_epoch_that_crosses_it(imdb_fixture_dir, tin
     assert metrics["epochs_run"] == 1
 
 
-def test_an_ngram_run_picks_epochs_by_the_whole_model_and_exports_exact_diagnostics(imdb_fixture_dir,
-                                                                                    tiny_config_factory, tmp_path):
+def test_an_ngram_run_picks_epochs_by_the_whole_model_and_exports_exact_diagnostics(
+    imdb_fixture_dir, tiny_config_factory, tmp_path
+):
     """Unidirectional network + NBSVM branch: the mix is fitted, each epoch is judged with the branch, and the
     export's scores equal the torch model's."""
     import onnxruntime as ort
@@ -124,8 +125,9 @@ def test_an_ngram_run_picks_epochs_by_the_whole_model_and_exports_exact_diagnost
     from training.export import export_model, load_run
 
     config, _ = tiny_config_factory
-    cfg = config(imdb_fixture_dir, tmp_path / "ngram", model={"bidirectional": False, "ngram_buckets": 101},
-                 ngram_c=1.0, epochs=2)
+    cfg = config(
+        imdb_fixture_dir, tmp_path / "ngram", model={"bidirectional": False, "ngram_buckets": 101}, ngram_c=1.0, epochs=2
+    )
     metrics = train(cfg)
     history = metrics["history"]
     assert all("val_accuracy_rnn" in row for row in history)
@@ -133,8 +135,16 @@ def test_an_ngram_run_picks_epochs_by_the_whole_model_and_exports_exact_diagnost
     assert len(metrics["mix"]) == 3 and metrics["temperature"] == 1.0
     model, saved = load_run(tmp_path / "ngram")
     assert model.ngram.weight.abs().sum() > 0  # the fitted branch is saved
-    out = export_model(model, saved["tokenizer_json"], tmp_path / "art", name="ng", version="0", train_cfg=saved[
-        "train_config"], metrics=metrics, temperature=1.0)
+    out = export_model(
+        model,
+        saved["tokenizer_json"],
+        tmp_path / "art",
+        name="ng",
+        version="0",
+        train_cfg=saved["train_config"],
+        metrics=metrics,
+        temperature=1.0,
+    )
     assert out["diagnostics"]["running_score"] == "exact"
     ids = torch.tensor([[5, 9, 2, 7, 3]])
     session = ort.InferenceSession(str(tmp_path / "art" / "model.onnx"))
@@ -145,6 +155,7 @@ def test_an_ngram_run_picks_epochs_by_the_whole_model_and_exports_exact_diagnost
 
 
 # --- calibration ------------------------------------------------------------------------------------------------
+
 
 def _synthetic(true_temperature: float, n: int = 20000, seed: int = 0):
     """Labels drawn from softmax(z); the model reports z * T, i.e. it is overconfident (T > 1) or under (T < 1)."""
@@ -176,6 +187,7 @@ def test_ece_of_a_perfectly_calibrated_and_of_an_overconfident_model():
 
 # --- CLI errors -------------------------------------------------------------------------------------------------
 
+
 def test_cli_missing_dataset_exits_2(tmp_path, capsys):
     missing = tmp_path / "no-such-data.tar.gz"
     assert main(["--data", str(missing), "--out-dir", str(tmp_path / "run"), "--embeddings", "random"]) == 2
@@ -191,8 +203,9 @@ def test_cli_unknown_label_exits_2(tmp_path, capsys):
     assert "reviews.jsonl:2" in err and "unknown label 'meh'" in err
 
 
-@pytest.mark.parametrize("argv", [["--cell", "transformer"], ["--pooling", "attention"], ["--truncation", "middle"],
-                                  ["--epochs", "two"]])
+@pytest.mark.parametrize(
+    "argv", [["--cell", "transformer"], ["--pooling", "attention"], ["--truncation", "middle"], ["--epochs", "two"]]
+)
 def test_cli_rejects_bad_options(argv, capsys):
     with pytest.raises(SystemExit) as info:
         parse_config(argv)
@@ -201,7 +214,8 @@ def test_cli_rejects_bad_options(argv, capsys):
 
 
 def test_cli_options_reach_the_configs():
-    cfg, resume = parse_config(["--cell", "gru", "--no-bidirectional", "--hidden-size", "32", "--lr", "0.5",
-                                "--truncation", "tail", "--epochs", "3"])
+    cfg, resume = parse_config(
+        ["--cell", "gru", "--no-bidirectional", "--hidden-size", "32", "--lr", "0.5", "--truncation", "tail", "--epochs", "3"]
+    )
     assert (cfg.model.cell, cfg.model.bidirectional, cfg.model.hidden_size) == ("gru", False, 32)
     assert (cfg.lr, cfg.truncation, cfg.epochs, resume) == (0.5, "tail", 3, False)
