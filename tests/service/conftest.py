@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import shutil
 from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
 
 import httpx
 import pytest
@@ -71,3 +72,24 @@ def async_client():
                 yield c
 
     return make
+
+
+# One session-wide browser for every page test module: a second `sync_playwright()` while the first runs fails
+# ("Sync API inside the asyncio loop"), which is what importing the fixture into a second module did.
+@pytest.fixture(scope="session")
+def chromium():
+    """A headless chromium driven by playwright (module-independent, shared by the session). The browser is set up
+    by `make browser` (which .ci/run calls before `make test`), never by a test: an apt run inside a fixture can
+    collide with another apt run. Missing, the page tests fail saying so; they do not skip silently."""
+    import test_page
+
+    try:
+        from playwright import sync_api as playwright_api
+    except ImportError:
+        pytest.fail("playwright is not installed: pip install -e '.[dev]'", pytrace=False)
+    if not Path(test_page.CHROMIUM).exists():
+        pytest.fail(f"{test_page.CHROMIUM} is missing: run `make browser` (installs Debian's chromium with apt-get)", pytrace=False)
+    with playwright_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=test_page.CHROMIUM, headless=True, args=test_page.CHROMIUM_ARGS)
+        yield browser
+        browser.close()

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from urllib.parse import urlsplit
 
 from fastapi.testclient import TestClient
-from test_page import LOCAL_HOSTS, TIMEOUT_MS, chromium, live_server  # noqa: F401 (fixtures; tests/service is on sys.path)
+from test_page import LOCAL_HOSTS, TIMEOUT_MS, live_server  # noqa: F401 (fixture; tests/service is on sys.path)
 
 
 @contextmanager

@@ -48,23 +48,6 @@ GRU_UNI = "gru-uni-meanmax-1"  # unidirectional: exact running score and contrib
 SHORT = "A wonderful film. The plot was dreadful, not bad."  # under every test model's token limit
 
 
-@pytest.fixture(scope="session")
-def chromium():
-    """A headless chromium driven by playwright (module-independent, shared by the session). The browser is set up
-    by `make browser` (which .ci/run calls before `make test`), never by a test: an apt run inside a fixture can
-    collide with another apt run. Missing, the page tests fail saying so; they do not skip silently."""
-    try:
-        from playwright import sync_api as playwright_api
-    except ImportError:
-        pytest.fail("playwright is not installed: pip install -e '.[dev]'", pytrace=False)
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing: run `make browser` (installs Debian's chromium with apt-get)", pytrace=False)
-    with playwright_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
-
-
 @pytest.fixture(scope="module")
 def live_server(make_settings):
     """uvicorn in a thread on a free localhost port, serving the three test models (tiny-lstm is the default)."""
