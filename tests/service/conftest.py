@@ -88,7 +88,8 @@ def chromium():
     except ImportError:
         pytest.fail("playwright is not installed: pip install -e '.[dev]'", pytrace=False)
     if not Path(test_page.CHROMIUM).exists():
-        pytest.fail(f"{test_page.CHROMIUM} is missing: run `make browser` (installs Debian's chromium with apt-get)", pytrace=False)
+        missing = f"{test_page.CHROMIUM} is missing: run `make browser` (installs Debian's chromium with apt-get)"
+        pytest.fail(missing, pytrace=False)
     with playwright_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=test_page.CHROMIUM, headless=True, args=test_page.CHROMIUM_ARGS)
         yield browser
