@@ -74,11 +74,12 @@ def async_client():
     return make
 
 
-# One session-wide browser for every page test module: a second `sync_playwright()` while the first runs fails
-# ("Sync API inside the asyncio loop"), which is what importing the fixture into a second module did.
-@pytest.fixture(scope="session")
+# One definition for every page test module, and one browser per module: playwright's sync API keeps an event
+# loop running in the main thread while it lives, so a second `sync_playwright()` ("Sync API inside the asyncio
+# loop") or a later test's `asyncio.run()` ("cannot be called from a running event loop") fails beside it.
+@pytest.fixture(scope="module")
 def chromium():
-    """A headless chromium driven by playwright (module-independent, shared by the session). The browser is set up
+    """A headless chromium driven by playwright, for one test module. The browser is set up
     by `make browser` (which .ci/run calls before `make test`), never by a test: an apt run inside a fixture can
     collide with another apt run. Missing, the page tests fail saying so; they do not skip silently."""
     import test_page
