@@ -34,7 +34,8 @@ from service.errors import ApiError
 from service.exceptions import TooManyTokens
 from service.routes import State, require_api_key
 from service.routes.protocol import check_texts, protocol_route, score
-from service.schemas import Text
+from service.schemas import ErrorResponse, Text
+from service.tokenization import Truncation
 
 # TEI's error types for our error codes; the status code stays this service's.
 _TYPES = {
@@ -60,7 +61,9 @@ router = APIRouter(
     tags=["text embeddings inference"],
     route_class=protocol_route(_error, 422),
     dependencies=[Depends(require_api_key)],
-    responses={status: {"model": TeiError} for status in (401, 413, 422, 499, 503)},
+    # 401 and the body-size 413 come from the service's middleware, before this route: its own error shape.
+    responses={status: {"model": TeiError} for status in (422, 499, 503)}
+    | {status: {"model": TeiError | ErrorResponse} for status in (401, 413)},
 )
 
 
@@ -121,7 +124,7 @@ async def predict(body: PredictRequest, state: State, request: Request) -> list:
     texts, batch = _texts(body.inputs)
     where = (lambda i: f"inputs[{i}]") if batch else (lambda i: "inputs")
     check_texts(state, texts, where)
-    truncation = None
+    truncation: Truncation | None = None
     if body.truncate:
         truncation = "head" if body.truncation_direction.lower() == "right" else "tail"
     rt = state.model(None)

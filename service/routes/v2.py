@@ -33,7 +33,7 @@ from service.errors import ApiError, validation_message
 from service.routes import State, health, require_api_key
 from service.routes.protocol import check_texts, protocol_route, score
 from service.runtime import ModelRuntime
-from service.schemas import Text
+from service.schemas import ErrorResponse, Text
 
 INPUT = "text"
 OUTPUTS = ("label", "probabilities")
@@ -51,7 +51,10 @@ class ProtocolError(BaseModel):
 
 # Every status these routes answer besides 200, in the protocol's shape (also the API key's 401 and the client-gone
 # 499), so OpenAPI documents them.
-ERRORS = {status: {"model": ProtocolError} for status in (400, 401, 404, 413, 422, 499, 503)}
+# 401 and the body-size 413 come from the service's middleware, before these routes: its own error shape.
+ERRORS = {status: {"model": ProtocolError} for status in (400, 404, 422, 499, 503)} | {
+    status: {"model": ProtocolError | ErrorResponse} for status in (401, 413)
+}
 router = APIRouter(prefix="/v2", tags=["open inference protocol v2"], route_class=protocol_route(_error, 400), responses=ERRORS)
 
 
@@ -203,7 +206,7 @@ def _response(req: InferRequest, rt: ModelRuntime, probs: np.ndarray) -> Respons
     outputs, blobs = [], []
     for name, binary in _wanted(req).items():
         datatype, shape, data, raw = _tensor(name, rt.labels, probs)
-        out = {"name": name, "datatype": datatype, "shape": shape}
+        out: dict[str, Any] = {"name": name, "datatype": datatype, "shape": shape}
         if binary:
             out["parameters"] = {"binary_data_size": len(raw)}
             blobs.append(raw)
