@@ -276,8 +276,9 @@ def test_diagnostics_stop_when_the_client_leaves_and_attribution_is_bounded(live
             _wait_for(lambda: _requests_total(srv.url, "499") == 1, "the abandoned batch to count as 499")
         finally:
             gate.set()
-        # The abandoned batch stopped after its first text: 5 texts never reached the model.
-        assert calls == ["a fine film 0"], calls
+        # The abandoned batch stopped after its first text: the rest never reached the model. One text of slack: on a
+        # loaded machine the server may learn of the disconnect just after the gate lets the first text finish.
+        assert calls[:1] == ["a fine film 0"] and len(calls) <= 2, calls
         assert srv.state.diagnosing == 0 and srv.state.attributing == 0
 
 
