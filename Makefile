@@ -28,6 +28,7 @@ run: venv-serve
 lint: venv
 	$(BIN)/ruff check training service tests
 	$(BIN)/ruff format --check training service tests
+	$(BIN)/mypy  # service/, configured in pyproject.toml [tool.mypy]
 
 test: venv lint
 	$(BIN)/pytest

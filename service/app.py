@@ -69,7 +69,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        loaded = registry or await asyncio.to_thread(ModelRegistry.load, settings)
+        loaded = registry if registry else await asyncio.to_thread(ModelRegistry.load, settings)
         _start(state, loaded, batch_tracer)
         sighup = app.state.reloader.install_sighup()  # sentiment-serve: main thread; not under a test's thread
         log.info("ready: %d model(s), default %s", len(loaded), loaded.default)

@@ -24,6 +24,7 @@ import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 
@@ -31,6 +32,8 @@ from service.exceptions import NoTokens, NotReady, Overloaded
 from service.metrics import Metrics
 from service.runtime import ModelRuntime
 from service.tokenization import Encoded
+
+K = TypeVar("K")  # what identifies an item in plan_calls
 
 log = logging.getLogger("sentiment.batching")
 
@@ -54,7 +57,6 @@ class _Job:
     encoded: list[Encoded]
     future: asyncio.Future
     enqueued: float = field(default_factory=time.perf_counter)
-    probs: np.ndarray | None = None
     remaining: int = 0
     trace: object = None  # the request's tracing context, when tracing is on
 
@@ -63,11 +65,11 @@ class _Job:
         return len(self.encoded)
 
 
-def plan_calls(items: list[tuple[int, int]], max_items: int, max_tokens: int) -> list[list[tuple[int, int]]]:
+def plan_calls(items: list[tuple[K, int]], max_items: int, max_tokens: int) -> list[list[tuple[K, int]]]:
     """Cut (key, length) items into onnxruntime calls, shortest first: each call holds at most `max_items`, at most
     `max_tokens` padded tokens (unless one text alone is longer), and no text much longer than its shortest."""
-    calls: list[list[tuple[int, int]]] = []
-    current: list[tuple[int, int]] = []
+    calls: list[list[tuple[K, int]]] = []
+    current: list[tuple[K, int]] = []
     for item in sorted(items, key=lambda kv: kv[1]):
         length = item[1]
         if current:
@@ -240,7 +242,8 @@ class MicroBatcher:
 
     def _take(self) -> list[_Job]:
         """Waiting jobs in arrival order, up to one window's worth (at least one job, whatever its size)."""
-        jobs, items = [], 0
+        jobs: list[_Job] = []
+        items = 0
         window = max(self.max_items, 1)
         while self._jobs and (not jobs or items + self._jobs[0].size <= window):
             job = self._jobs.popleft()
@@ -253,9 +256,9 @@ class MicroBatcher:
 
     async def _process(self, jobs: list[_Job]) -> None:
         now = time.perf_counter()
-        items = []
+        items: list[tuple[tuple[int, int], int]] = []  # ((job, text), tokens)
+        outputs = [np.empty((job.size, len(self.runtime.labels)), dtype=np.float32) for job in jobs]
         for j, job in enumerate(jobs):
-            job.probs = np.empty((job.size, len(self.runtime.labels)), dtype=np.float32)
             if self.metrics:
                 self.metrics.queue_wait.labels(self.runtime.name).observe(now - job.enqueued)
             if self.tracer is not None:
@@ -287,10 +290,10 @@ class MicroBatcher:
                 )
             for row, (j, i) in enumerate(live):
                 job = jobs[j]
-                job.probs[i] = probs[row]
+                outputs[j][i] = probs[row]
                 job.remaining -= 1
                 if job.remaining == 0 and not job.future.done():
-                    job.future.set_result(job.probs)
+                    job.future.set_result(outputs[j])
 
     def _record(self, encoded: list[Encoded], seconds: float) -> None:
         if self.metrics:

@@ -59,11 +59,12 @@ def _r(values: np.ndarray, digits: int = 6) -> list:
     return np.round(values.astype(np.float64), digits).tolist()
 
 
-def _layer_reports(outputs: dict, n: int, gate_names: list[str]) -> tuple[list[dict], dict[str, list[float]]]:
+def _layer_reports(outputs: dict, n: int, gate_names: list[str]) -> tuple[list[dict], dict[str, list[tuple[float, float]]]]:
     """The column-wise per-layer/direction report, and each reported gate's review-wide mean activation and
     saturation per layer/direction (for the summary). Gates are reduced for all of them at once (one numpy call
     per array, not one per gate: this runs on every diagnostics request)."""
-    reports, overall = [], {}
+    reports: list[dict] = []
+    overall: dict[str, list[tuple[float, float]]] = {}
     picked = [(gi, name) for gi, name in enumerate(gate_names) if name in REPORTED_GATES]
     idx = [gi for gi, _ in picked]
     layer = 0
@@ -74,21 +75,23 @@ def _layer_reports(outputs: dict, n: int, gate_names: list[str]) -> tuple[list[d
             h = hidden[:, d]
             zeros = np.zeros_like(h[:1])
             prev = np.concatenate([zeros, h[:-1]]) if d == 0 else np.concatenate([h[1:], zeros])
+            gate_mean: dict[str, list] = {}
+            gate_saturation: dict[str, list] = {}
             entry = {
                 "layer": layer,
                 "direction": "forward" if d == 0 else "backward",
                 "hidden_norm": _r(np.linalg.norm(h, axis=1)),
                 "delta_norm": _r(np.linalg.norm(h - prev, axis=1)),
-                "gate_mean": {},
-                "gate_saturation": {},
+                "gate_mean": gate_mean,
+                "gate_saturation": gate_saturation,
             }
             if gates is not None and picked:
                 g = gates[0, :n, d][:, idx]  # [n, G', H]
                 means = g.mean(axis=2)  # [n, G']
                 saturated = ((g < SATURATION_LOW) | (g > SATURATION_HIGH)).mean(axis=2)
                 for col, (_, name) in enumerate(picked):
-                    entry["gate_mean"][name] = _r(means[:, col])
-                    entry["gate_saturation"][name] = _r(saturated[:, col])
+                    gate_mean[name] = _r(means[:, col])
+                    gate_saturation[name] = _r(saturated[:, col])
                     overall.setdefault(name, []).append((float(means[:, col].mean()), float(saturated[:, col].mean())))
             reports.append(entry)
         layer += 1

@@ -231,7 +231,8 @@ class BodyLimitMiddleware:
                 body += chunk
                 if not message.get("more_body", False):
                     break
-            data, body = bytes(body), None  # one copy held, not two
+            data = bytes(body)
+            del body  # one copy held, not two
             replayed = False
 
             async def replay():

@@ -187,7 +187,7 @@ def uvicorn_config(app, settings: Settings, **kwargs) -> uvicorn.Config:
         app,
         http=protocol_class(HttpLimits.from_settings(settings)),
         ws="none",
-        timeout_keep_alive=settings.keep_alive_s,
+        timeout_keep_alive=settings.keep_alive_s,  # type: ignore[arg-type]  # typed int; uvicorn passes it to call_later, a float works
         **kwargs,
     )
 

@@ -67,13 +67,14 @@ class SentimentDeployment:
     """One replica: the models of `model_root`, loaded and verified once, and the scoring queue."""
 
     def __init__(self, model_root: str | None = None, max_batch_size: int = 64, batch_wait_timeout_s: float = 0.002):
-        self.settings = Settings(**({"model_root": model_root} if model_root else {}))
+        self.settings = Settings(model_root=model_root) if model_root else Settings()
         self.registry = ModelRegistry.load(self.settings)
         # The HTTP service's state object, so its route helpers (API keys, limits) apply unchanged. Kept on the
         # replica, not on `api`: Serve runs a pickled copy of the app, which the module's `api` is not.
         self.state = ServiceState(settings=self.settings, metrics=Metrics(), registry=self.registry, ready=True)
-        self._score.set_max_batch_size(max_batch_size)
-        self._score.set_batch_wait_timeout_s(batch_wait_timeout_s)
+        # serve.batch's stubs type the wrapper as the plain method, without these setters.
+        self._score.set_max_batch_size(max_batch_size)  # type: ignore[attr-defined]
+        self._score.set_batch_wait_timeout_s(batch_wait_timeout_s)  # type: ignore[attr-defined]
         self.replica = serve.get_replica_context().replica_id.unique_id
 
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.002)
@@ -110,6 +111,7 @@ class SentimentDeployment:
         include_hidden: bool = False,
         attribution: bool = False,
     ) -> list[dict]:
+        scored: list[tuple[np.ndarray, dict | None]]
         if diagnostics:  # the diagnostics graph, as the HTTP service runs it: outside the batch, in a thread
             cap = self.settings.max_hidden_values
             scored = await asyncio.to_thread(
@@ -117,10 +119,10 @@ class SentimentDeployment:
             )
         else:
             try:
-                probs = await asyncio.gather(*(self._score((rt.name, e)) for e in encoded))
+                rows = await asyncio.gather(*(self._score((rt.name, e)) for e in encoded))
             except NoTokensError as exc:
                 raise errors.ApiError(422, "no_tokens", str(exc)) from exc
-            scored = [(p, None) for p in probs]
+            scored = [(p, None) for p in rows]
         results = []
         for enc, (probs, report) in zip(encoded, scored):
             results.append(self.state.result(rt, enc, probs, report))  # the fields /v1 answers, trust included
@@ -200,7 +202,6 @@ def build(args: dict | None = None) -> Application:
     if options.max_replicas < options.min_replicas:
         raise ValueError(f"max_replicas ({options.max_replicas}) is below min_replicas ({options.min_replicas})")
     deployment = serve.deployment(
-        _Ingress,
         name="SentimentDeployment",
         ray_actor_options={"num_cpus": options.num_cpus, "num_gpus": options.num_gpus},
         max_ongoing_requests=options.max_ongoing_requests,
@@ -213,7 +214,7 @@ def build(args: dict | None = None) -> Application:
             "initial_replicas": max(options.min_replicas, 1),
             "target_ongoing_requests": options.target_ongoing_requests,
         },
-    )
+    )(_Ingress)
     return deployment.bind(options.model_root, options.max_batch_size, options.batch_wait_timeout_s)
 
 

@@ -30,6 +30,7 @@ from service.artifacts import ArtifactError, discover, load_manifest
 from service.batching import MicroBatcher
 from service.registry import ModelRegistry
 from service.routes import ServiceState
+from service.runtime import ModelRuntime
 
 log = logging.getLogger("sentiment.reload")
 DRAIN_TIMEOUT_S = 60.0  # longest a retiring batcher may take to answer what it holds
@@ -108,7 +109,7 @@ class Reloader:
             refused: list[str] = []
             for path, outcome in self._candidates(directory, registry).items():
                 if isinstance(outcome, str):
-                    refused.append(self._refuse(path, None, outcome))
+                    refused.append(self._refuse(registry, path, None, outcome))
                     continue
                 name = outcome["name"]
                 current = registry.runtimes.get(name)
@@ -118,9 +119,9 @@ class Reloader:
                 try:
                     rt = await asyncio.to_thread(ModelRegistry.load_one, path, self.state.settings)
                 except Exception as exc:  # ArtifactError, ProviderError or onnxruntime's own: all mean "not this one"
-                    refused.append(self._refuse(path, name, " ".join(str(exc).split())))
+                    refused.append(self._refuse(registry, path, name, " ".join(str(exc).split())))
                     continue
-                previous = await self._swap(rt)
+                previous = await self._swap(registry, rt)
                 report["loaded"].append(
                     {"name": rt.name, "version": rt.version, "directory": str(path), "previous_version": previous}
                 )
@@ -161,18 +162,18 @@ class Reloader:
                         )
         return found
 
-    def _refuse(self, path: Path, name: str | None, why: str) -> str:
-        served = self.state.registry.runtimes.get(name) if name else None
+    def _refuse(self, registry: ModelRegistry, path: Path, name: str | None, why: str) -> str:
+        served = registry.runtimes.get(name) if name else None
         keeps = f"; still serving {served.name} {served.version}" if served else ""
         log.error("reload refused %s: %s%s", path, why, keeps)
         self.reloads.labels(name or "unknown", "refused").inc()
         return f"{path}: {why}{keeps}"
 
-    async def _swap(self, rt) -> str | None:
+    async def _swap(self, registry: ModelRegistry, rt: ModelRuntime) -> str | None:
         state = self.state
         batcher = start_batcher(state, rt, self.tracer)
         # One step, no await: the model and its batcher change together for every request after this line.
-        previous = state.registry.put(rt)
+        previous = registry.put(rt)
         retiring = state.batchers.get(rt.name)
         state.batchers[rt.name] = batcher
         if retiring is not None:

@@ -161,11 +161,12 @@ class ScoringCore:
         """The batcher of this very runtime. A request that resolved its model before a hot reload scores on that
         version, even when the swap happened while it was tokenizing."""
         batcher = self.batchers[rt.name]
-        if batcher.runtime is not rt:
-            batcher = self.retiring.get(id(rt))
-            if batcher is None or batcher.runtime is not rt:
-                raise BatcherStopped(f"model {rt.name} {rt.version} was replaced while this request waited; retry")
-        return batcher
+        if batcher.runtime is rt:
+            return batcher
+        retiring = self.retiring.get(id(rt))
+        if retiring is None or retiring.runtime is not rt:
+            raise BatcherStopped(f"model {rt.name} {rt.version} was replaced while this request waited; retry")
+        return retiring
 
     # -- admission -----------------------------------------------------------------------------------------------
     def check_texts(self, texts: list[str], where: Where, noun: str = "texts") -> None:
@@ -293,7 +294,8 @@ class ScoringCore:
         """One result per text, where a text that cannot be scored (empty, not Unicode, too long, no tokens) gets
         `{"error": {"code", "message"}}` and the others are scored: a batch's per-item semantics (as the batch
         CLI's `--on-error skip`). Request-level refusals (overload, unknown model, client gone) still raise."""
-        out: list[dict | None] = [None] * len(texts)
+        out: list[dict] = [{} for _ in texts]  # every slot is filled below: an error or a result
+        todo = []
         for i, text in enumerate(texts):
             problem = text_problem(text)
             if problem is None:
@@ -305,7 +307,8 @@ class ScoringCore:
                 problem = problem[0], f"{where(i)}: {problem[1]}"
             if problem is not None:
                 out[i] = {"error": {"code": problem[0], "message": problem[1]}}
-        todo = [i for i in range(len(texts)) if out[i] is None]
+            else:
+                todo.append(i)
         encoded = await self.encode(rt, [texts[i] for i in todo], truncation) if todo else []
         scorable = []
         for i, enc in zip(todo, encoded):

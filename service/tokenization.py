@@ -51,10 +51,11 @@ class TextTokenizer:
         self.max_tokens = max_tokens
         self.truncation = truncation
         self.head_tokens = head_tokens
-        self.pad_id = tokenizer.token_to_id(PAD)
-        self.unk_id = tokenizer.token_to_id(UNK)
-        if self.pad_id != 0 or self.unk_id is None:
+        pad_id, unk_id = tokenizer.token_to_id(PAD), tokenizer.token_to_id(UNK)
+        if pad_id != 0 or unk_id is None:
             raise ValueError("tokenizer must define [PAD] as id 0 and an [UNK] token")
+        self.pad_id: int = pad_id
+        self.unk_id: int = unk_id
 
     @classmethod
     def from_file(cls, path: str | Path, **policy) -> TextTokenizer:

@@ -43,7 +43,7 @@ def provider_from_env(environ=os.environ):
     try:
         from opentelemetry.sdk.resources import Resource
         from opentelemetry.sdk.trace import TracerProvider
-        from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
     except ImportError as exc:
         raise RuntimeError(
             f"tracing is configured (OTEL_* variables) but the otel extra is not installed ({exc}); "
@@ -58,6 +58,7 @@ def provider_from_env(environ=os.environ):
         resource=Resource.create({} if environ.get("OTEL_SERVICE_NAME") else {"service.name": "sentiment-service"})
     )
     for name in names:
+        exporter: SpanExporter
         if name == "otlp":
             from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 

@@ -84,7 +84,7 @@ class Job:
     def identity(self, manifest: dict) -> dict:
         """What a resumed run must share with the interrupted one for the output to be the same. (The input's
         content is checked apart: the checkpoint's `input` fingerprint, see `readers.BoundedLines`.)"""
-        src = {"input": self.input}
+        src: dict[str, str | int] = {"input": self.input}
         if self.input != "-":
             src = {"input": str(Path(self.input).resolve()), "input_size": Path(self.input).stat().st_size}
         keys = (

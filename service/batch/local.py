@@ -32,17 +32,18 @@ def jsonl_columns(rows: list[InputRow]) -> list[str] | None:
 
 def score_chunk(rt: ModelRuntime, rows: list[InputRow], job: Job, tally: Tally) -> list[dict]:
     """Score one chunk and return its output records in input order; bad rows follow `--on-error`."""
-    readable = [i for i, row in enumerate(rows) if row.error is None]
+    # A row has its values exactly when it has no error.
+    readable = [(i, row.values) for i, row in enumerate(rows) if row.values is not None]
     scored = score_texts(
         rt,
-        [rows[i].values.get(job.text_field) for i in readable],
+        [values.get(job.text_field) for _, values in readable],
         job.batch_size,
         job.diagnostics,
         job.text_field,
         job.max_text_chars,
     )
     results: list[dict] = [{"error": row.error} for row in rows]
-    for i, result in zip(readable, scored):
+    for (i, _), result in zip(readable, scored):
         results[i] = result
     records = []
     for row, result in zip(rows, results):
@@ -101,7 +102,7 @@ def run_local(job: Job, rt: ModelRuntime) -> dict:
         identity = job.identity(rt.manifest)
         previous = checkpoint.load() if checkpoint else None
         writer = open_writer(job.output, job.output_format, job.columns)
-        if previous is not None and not job.resume:
+        if checkpoint is not None and previous is not None and not job.resume:
             if not job.restart:
                 how = (
                     "--restart to discard it (stdin cannot be read again)"
@@ -112,7 +113,7 @@ def run_local(job: Job, rt: ModelRuntime) -> dict:
             writer.discard()
             checkpoint.remove()
             previous = None
-        if previous is not None:
+        if checkpoint is not None and previous is not None:
             different = [k for k in identity if previous["job"].get(k) != identity[k]]
             if different:
                 k = different[0]
@@ -122,7 +123,7 @@ def run_local(job: Job, rt: ModelRuntime) -> dict:
                 )
         tally = Tally.from_state(previous["tally"]) if previous else Tally()
         skip = tally.rows
-        if previous is not None and previous.get("complete"):
+        if checkpoint is not None and previous is not None and previous.get("complete"):
             writer.recover_finish(previous["writer"])
             checkpoint.remove()
             return summary(job, rt.manifest, rt.directory, tally, 0, 0.0, skip)

@@ -238,6 +238,8 @@ class CsvReader(Reader):
     would run to the end of the file) or closed mid-field is reported, naming the lines it swallowed; a field is
     capped at the line limit; the text limit and the field count catch the rest."""
 
+    columns: list[str]  # the header
+
     def __init__(self, path: str, max_line_bytes: int):
         self.path = path
         self.stream = sys.stdin.buffer if path == "-" else open_input(path)
@@ -301,7 +303,7 @@ class CsvReader(Reader):
                     verify_fingerprint(self.path, self.fingerprint(), expect)
                 continue
             bad = [self.bad_lines.pop(n) for n in range(start, self.reader.line_num + 1) if n in self.bad_lines]
-            if error or bad:
+            if fields is None or error or bad:  # fields is None only with a csv error
                 yield InputRow(number, None, error or bad[0], start)
             elif len(fields) != width:
                 yield InputRow(number, None, f"{len(fields)} fields, the header has {width}", start)

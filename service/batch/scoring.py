@@ -50,7 +50,7 @@ def score_texts(
     Plain scoring goes through `ModelRuntime.predict` (length-sorted batches). With `diagnostics` each text runs the
     diagnostics graph once, which also gives its probabilities (as the HTTP service's diagnostics do), so the
     scoring graph is not run for it as well."""
-    results: list[dict | None] = [None] * len(values)
+    results: list[dict] = [{} for _ in values]  # every slot is filled below: an error or a result
     ok = []
     for i, value in enumerate(values):
         problem = text_problem(value, field, max_chars)

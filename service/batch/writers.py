@@ -127,7 +127,7 @@ class _StreamWriter(Writer):
         raise NotImplementedError
 
     def open(self, state: dict | None) -> dict:
-        if self.stdout:
+        if self.partial is None:  # stdout
             self.fh = sys.stdout.buffer
             self.fh.write(self.header())
             return {}
@@ -143,15 +143,21 @@ class _StreamWriter(Writer):
         self.fh.seek(state["bytes"])
         return {"bytes": state["bytes"]}
 
+    def _opened(self) -> BinaryIO:
+        if self.fh is None:
+            raise RuntimeError("the output is not open (open() comes first)")
+        return self.fh
+
     def _sync(self) -> dict:
-        self.fh.flush()
+        fh = self._opened()
+        fh.flush()
         if self.stdout:
             return {}
-        os.fsync(self.fh.fileno())
-        return {"bytes": self.fh.tell()}
+        os.fsync(fh.fileno())
+        return {"bytes": fh.tell()}
 
     def write(self, records: list[dict]) -> dict:
-        self.fh.write(self.encode(records))
+        self._opened().write(self.encode(records))
         return self._sync()
 
     def finish(self) -> None:

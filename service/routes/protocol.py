@@ -50,9 +50,9 @@ def protocol_route(render: ErrorRenderer, validation_status: int = 422) -> type[
                     code, message = validation_message(exc)
                     return render(validation_status, code, message, None)
                 except StarletteHTTPException as exc:  # a body FastAPI could not decode: malformed JSON too
-                    if (message := invalid_json(exc)) is None:
+                    if (problem := invalid_json(exc)) is None:
                         raise
-                    return render(validation_status, "invalid_json", message, None)
+                    return render(validation_status, "invalid_json", problem, None)
 
             return run
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.routing import APIRoute
@@ -18,7 +19,7 @@ from service.errors import ApiError
 from service.routes import ServiceState, State, json_response, require_api_key
 from service.schemas import BatchRequest, BatchResponse, ErrorResponse, SentimentRequest, SentimentResponse
 
-ERRORS = {status: {"model": ErrorResponse} for status in (401, 404, 413, 422, 500, 503)}
+ERRORS: dict[int | str, dict[str, Any]] = {status: {"model": ErrorResponse} for status in (401, 404, 413, 422, 500, 503)}
 COUNTED_JSON_BYTES = 65_536
 _JSON_NEXT = re.compile(rb'["{\[,]')
 _JSON_STRING = re.compile(rb'"[^"\\]*+(?:\\.[^"\\]*+)*+"')  # unrolled and possessive: no backtracking

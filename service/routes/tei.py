@@ -23,7 +23,7 @@ Where this differs from TEI (the README's "TEI" section says the same for users)
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from fastapi import APIRouter, Depends, Request
@@ -57,13 +57,16 @@ class TeiError(BaseModel):
     error_type: str = Field(description="Validation, Overloaded, Unhealthy, Unauthorized or Backend")
 
 
+# 401 and the body-size 413 come from the service's middleware, before this route: its own error shape.
+ERRORS: dict[int | str, dict[str, Any]] = {
+    **{status: {"model": TeiError} for status in (422, 499, 503)},
+    **{status: {"model": TeiError | ErrorResponse} for status in (401, 413)},
+}
 router = APIRouter(
     tags=["text embeddings inference"],
     route_class=protocol_route(_error, 422),
     dependencies=[Depends(require_api_key)],
-    # 401 and the body-size 413 come from the service's middleware, before this route: its own error shape.
-    responses={status: {"model": TeiError} for status in (422, 499, 503)}
-    | {status: {"model": TeiError | ErrorResponse} for status in (401, 413)},
+    responses=ERRORS,
 )
 
 

@@ -52,8 +52,9 @@ class ProtocolError(BaseModel):
 # Every status these routes answer besides 200, in the protocol's shape (also the API key's 401 and the client-gone
 # 499), so OpenAPI documents them.
 # 401 and the body-size 413 come from the service's middleware, before these routes: its own error shape.
-ERRORS = {status: {"model": ProtocolError} for status in (400, 404, 422, 499, 503)} | {
-    status: {"model": ProtocolError | ErrorResponse} for status in (401, 413)
+ERRORS: dict[int | str, dict[str, Any]] = {
+    **{status: {"model": ProtocolError} for status in (400, 404, 422, 499, 503)},
+    **{status: {"model": ProtocolError | ErrorResponse} for status in (401, 413)},
 }
 router = APIRouter(prefix="/v2", tags=["open inference protocol v2"], route_class=protocol_route(_error, 400), responses=ERRORS)
 
