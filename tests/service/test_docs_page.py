@@ -4,42 +4,12 @@ tests/service/test_page.py (Debian's chromium via playwright, `make browser`).""
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-from urllib.parse import urlsplit
-
 from fastapi.testclient import TestClient
-from test_page import LOCAL_HOSTS, TIMEOUT_MS, live_server  # noqa: F401 (fixture; tests/service is on sys.path)
-
-
-@contextmanager
-def offline_page(browser, url: str):
-    """A page on `url` with the network cut off except for localhost; fails if anything else was requested or a
-    script failed."""
-    context = browser.new_context(viewport={"width": 1200, "height": 900})
-    context.set_default_timeout(TIMEOUT_MS)
-    outside, errors = [], []
-
-    def gate(route):
-        if urlsplit(route.request.url).hostname in LOCAL_HOSTS:
-            route.continue_()
-        else:
-            outside.append(route.request.url)
-            route.abort()
-
-    context.route("**/*", gate)
-    pg = context.new_page()
-    pg.on("pageerror", lambda exc: errors.append(str(exc)))
-    try:
-        pg.goto(url)
-        yield pg
-    finally:
-        context.close()
-    assert outside == [], f"the docs requested non-local URLs: {outside}"
-    assert errors == [], f"JavaScript errors on the docs page: {errors}"
+from test_page import guarded_page, live_server  # noqa: F401 (fixture; tests/service is on sys.path)
 
 
 def test_swagger_ui_renders_every_operation_offline(chromium, live_server):  # noqa: F811
-    with offline_page(chromium, live_server + "/docs") as pg:
+    with guarded_page(chromium, live_server + "/docs", ready=None) as pg:  # no request leaves localhost
         # Swagger UI breaks paths with zero-width spaces when drawing them; data-path holds the path as written.
         pg.wait_for_selector('.opblock-summary-path[data-path="/v1/sentiment/batch"]')
         paths = {el.get_attribute("data-path") for el in pg.locator(".opblock-summary-path").all()}

@@ -74,9 +74,9 @@ def live_server(make_settings):
 
 
 @contextmanager
-def guarded_page(browser, url: str, width: int = 1200, height: int = 900):
-    """A fresh page on `url` once the model list has arrived; fails if the page requested anything off localhost or
-    threw a JavaScript error."""
+def guarded_page(browser, url: str, width: int = 1200, height: int = 900, ready: str | None = "#model-info dd >> text=%"):
+    """A fresh page on `url`, once `ready` shows (default: the model list has arrived); fails if the page requested
+    anything off localhost or threw a JavaScript error."""
     context = browser.new_context(viewport={"width": width, "height": height})
     context.set_default_timeout(TIMEOUT_MS)
     outside, errors = [], []
@@ -93,7 +93,8 @@ def guarded_page(browser, url: str, width: int = 1200, height: int = 900):
     pg.on("pageerror", lambda exc: errors.append(str(exc)))
     try:
         pg.goto(url)
-        pg.wait_for_selector("#model-info dd >> text=%")  # validation accuracy shown: /v1/models answered
+        if ready:
+            pg.wait_for_selector(ready)  # by default: validation accuracy shown, /v1/models answered
         yield pg
     finally:
         context.close()
