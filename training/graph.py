@@ -4,7 +4,7 @@ Two graphs because onnxruntime runs every node of a graph whatever outputs are f
 for diagnostics. Gates need no second recurrence: given the layer input x_t and the exported h_{t-1} (the hidden
 sequence shifted by one step), every gate is one batched matmul over all time steps.
 
-What the diagnostics graph claims (docs/DIAGNOSTICS.md has the derivations):
+What the diagnostics graph claims (the README's Diagnostics section says it for users):
 - `running_logodds[t]` is the model's answer for the text cut after token t. For a unidirectional encoder it is
   exact: the forward state at t has read only the prefix, cumulative mean / cumulative max pool the prefix's states,
   and the n-gram branch is a prefix sum. A bidirectional encoder has no such reading (its backward half has read the

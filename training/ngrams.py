@@ -6,8 +6,8 @@ punctuation or "but" in between) the unigram is a different feature, "NOT_word" 
 "not bad" and "never boring" then learn their own weights instead of inheriting "bad" and "boring". Keys are exact
 integers (id_{t-n+1} * V^{n-1} + ... + id_t with V = vocab_size + 1, the extra id marking "before the text"), reduced
 modulo a prime bucket count per order. The ONNX export does the same integer arithmetic in the graph
-(`export.ngram_rows`), so serving needs no Python-side hashing. Because each position's score depends only on tokens
-up to it, the branch's sum over a prefix is exactly the branch's answer for that prefix.
+(`GraphExporter._ngram_weights` in training/graph.py), so serving needs no Python-side hashing. Because each
+position's score depends only on tokens up to it, the branch's sum over a prefix is exactly its answer for that prefix.
 
 The weights are fitted apart from the network, as Wang & Manning's NBSVM (2012): features scaled by the naive-Bayes
 log-count ratio r, then an L2 logistic regression; the table stores coef * r, so scoring is a plain lookup-and-sum.
