@@ -315,34 +315,18 @@ class GraphExporter:
             rnn = g.op("Add", rnn, t)
         contribution = g.op("Squeeze", rnn, g.ints(2))  # [T, B]
         if ngram_w is not None:
-            contribution = g.op("Add", contribution, self._ngram_shares(g, ngram_w, mask_b))
+            contribution = g.op("Add", contribution, self._ngram_shares(g, ngram_w, mask_b, rng))
         baseline_value = float(np.dot(w, np.concatenate(ref_features)) + self.b_lo)
         batch = g.op("Gather", g.op("Shape", "lengths"), g.ints(0), axis=0)
         baseline = g.op("Expand", g.const("baseline_logodds", np.array([baseline_value], np.float32)), batch)
         return contribution, baseline
 
-    def _ngram_shares(self, g: GraphBuilder, ngram_w: str, mask_b: str) -> str:
+    def _ngram_shares(self, g: GraphBuilder, ngram_w: str, mask_b: str, rng: str) -> str:
         """[T, B]: each n-gram's weight split equally between its real tokens (the begin-of-text id is not one)."""
         order = self.cfg.ngram_order
         weights = g.op("Transpose", ngram_w, perm=[1, 0, 2])  # [T, B, order]
-        pos = g.op(
-            "Cast",
-            g.op(
-                "Add",
-                g.op(
-                    "Unsqueeze",
-                    g.op(
-                        "Range",
-                        g.const("scalar_0", np.array(0, np.int64)),
-                        g.op("Squeeze", g.op("Gather", g.op("Shape", weights), g.ints(0), axis=0)),
-                        g.const("scalar_1", np.array(1, np.int64)),
-                    ),
-                    g.ints(1),
-                ),
-                g.ints(1),
-            ),
-            to=TensorProto.FLOAT,
-        )  # [T, 1]: t+1
+        # [T, 1]: t + 1, from the positions the graph already has
+        pos = g.op("Cast", g.op("Add", g.op("Unsqueeze", rng, g.ints(1)), g.ints(1)), to=TensorProto.FLOAT)
         total = None
         for k in range(order):  # order k+1 n-gram ending at s is shared by tokens s-k..s
             n = k + 1
