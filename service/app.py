@@ -91,6 +91,9 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
+        # FastAPI's own OpenTelemetry hooks look up the global providers in os.environ on every request (2% of the
+        # server's time); service/tracing.py instruments the app itself when SENTIMENT_TRACING is on.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
         description="Scores review text with an LSTM/GRU classifier (onnxruntime), with optional per-token "
         'diagnostics of the recurrent state. Errors: `{"error": {"code", "message"}}`.',
     )

@@ -30,7 +30,7 @@ from ray.serve import Application
 from service import errors
 from service.metrics import Metrics
 from service.registry import ModelRegistry
-from service.routes import ServiceState, require_api_key
+from service.routes import ServiceState, check_api_key
 from service.routes.sentiment import ERRORS, _check_length
 from service.runtime import ModelRuntime, NoTokensError
 from service.schemas import BatchRequest, BatchResponse, SentimentRequest, SentimentResponse
@@ -137,7 +137,7 @@ class SentimentDeployment:
     )
     async def sentiment(self, body: SentimentRequest, request: Request, response: Response) -> dict:
         state = self.state
-        require_api_key(request, state)
+        check_api_key(request, state)
         rt = self.registry.get(body.model)
         _check_length(state, body.text)
         encoded = await self._encode(rt, [body.text], body.truncate, ["text"])
@@ -154,7 +154,7 @@ class SentimentDeployment:
     )
     async def sentiment_batch(self, body: BatchRequest, request: Request, response: Response) -> dict:
         state = self.state
-        require_api_key(request, state)
+        check_api_key(request, state)
         rt = self.registry.get(body.model)
         limit = self.settings.max_batch_items
         if len(body.items) > limit:
@@ -171,7 +171,7 @@ class SentimentDeployment:
 
     @api.get("/v1/models", summary="Models this replica serves")
     async def models(self, request: Request) -> dict:
-        require_api_key(request, self.state)
+        check_api_key(request, self.state)
         return {"default": self.registry.default, "models": [rt.info for rt in self.registry]}
 
     @api.get("/healthz", summary="Liveness")

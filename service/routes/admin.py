@@ -8,14 +8,14 @@ from pydantic import Field
 
 from service.errors import ApiError
 from service.reload import ReloadError
-from service.routes import State, require_api_key
+from service.routes import State, check_api_key
 from service.schemas import ErrorResponse, _Request
 
 
-def require_admin(request: Request, state: State) -> None:
+async def require_admin(request: Request, state: State) -> None:
     if not state.settings.api_keys:
         raise ApiError(403, "admin_disabled", "admin routes are off: set SENTIMENT_API_KEYS to enable them")
-    require_api_key(request, state)
+    check_api_key(request, state)
 
 
 router = APIRouter(

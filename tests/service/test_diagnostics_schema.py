@@ -54,3 +54,15 @@ def test_batch_reports_match_the_schema(client):
     assert response.status_code == 200, response.text
     for result in response.json()["results"]:
         DiagnosticsReport.model_validate(result["diagnostics"])
+
+
+@pytest.mark.parametrize("model", [DEFAULT, GRU_UNI])
+@pytest.mark.parametrize("hidden,attribution", [(False, False), (True, True)])
+def test_the_built_report_is_already_its_schemas_serialized_form(client, model, hidden, attribution):
+    """The scoring core sends service/diagnostics.py's report without validating it on every request: that is only
+    right while the report round-trips through DiagnosticsReport unchanged (same keys, values and nulls)."""
+    rt = client.app.state.service.model(model)
+    for text in ("Not bad at all, <br /> a superb cast and a zzqx plot.", "awful", "A dull start, but a wonderful end!"):
+        enc = rt.encode([text])[0]
+        _, report = rt.diagnose(text, enc, hidden, attribution)
+        assert DiagnosticsReport.model_validate(report).model_dump(mode="json", exclude_none=True) == report
