@@ -82,6 +82,12 @@ class TrainConfig:
     # Counterfactual negation pairs per epoch (and half as many "A, but B" contrasts), built from training sentences
     # (training/augment.py): review labels alone teach that "not bad" is negative. 0 = off.
     augment: int = 6000
+    # Self-training (training/pseudo.py; resumed runs only): the best model so far labels the 50k unlabeled reviews;
+    # the n-gram fit takes them all with soft labels, and each epoch adds `pseudo_per_epoch` of those with
+    # |P(positive) - 0.5| >= `pseudo_margin` to the network's data with hard labels.
+    self_training: bool = False
+    pseudo_margin: float = 0.3
+    pseudo_per_epoch: int = 20_000
     # NBSVM fit of the n-gram branch: inverse L2 strength of the logistic regression (sklearn's C)
     negation_window: int = 3  # tokens after a negator whose unigram becomes "NOT_word" (0: off)
     ngram_c: float = 0.03  # grouped validation, counts features: C=0.03 gave 0.9128 alone

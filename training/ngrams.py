@@ -122,19 +122,28 @@ def count_matrix(docs: list[np.ndarray], cfg):
     return m
 
 
-def fit_nbsvm(train_ids: list[np.ndarray], labels: list[int], cfg, c: float, alpha: float = 1.0) -> tuple[np.ndarray, float]:
-    """Table weights (coef * r per row) and the intercept of an NB-scaled logistic regression on n-gram counts."""
+def fit_nbsvm(
+    train_ids: list[np.ndarray],
+    labels: list[int],
+    cfg,
+    c: float,
+    alpha: float = 1.0,
+    sample_weight: np.ndarray | None = None,
+) -> tuple[np.ndarray, float]:
+    """Table weights (coef * r per row) and the intercept of an NB-scaled logistic regression on n-gram counts.
+    `sample_weight` weighs examples in both the ratio and the regression (soft labels: training/pseudo.py)."""
     from sklearn.linear_model import LogisticRegression
 
     x = count_matrix(train_ids, cfg)
     y = np.asarray(labels)
+    w = np.ones(len(y)) if sample_weight is None else np.asarray(sample_weight, np.float64)
     binary = x.copy()
     binary.data[:] = 1.0
-    p = alpha + np.asarray(binary[y == 1].sum(0)).ravel()
-    q = alpha + np.asarray(binary[y == 0].sum(0)).ravel()
+    p = alpha + np.asarray(binary.T @ (w * (y == 1))).ravel()
+    q = alpha + np.asarray(binary.T @ (w * (y == 0))).ravel()
     r = (np.log(p / p.sum()) - np.log(q / q.sum())).astype(np.float32)
     clf = LogisticRegression(C=c, max_iter=1000, solver="liblinear")
-    clf.fit(x.multiply(r).tocsr(), y)
+    clf.fit(x.multiply(r).tocsr(), y, sample_weight=sample_weight)
     weights = (clf.coef_[0] * r).astype(np.float32)
     log.info("n-gram branch: %d rows, %d non-zero", len(weights), int(np.count_nonzero(weights)))
     return weights, float(clf.intercept_[0])

@@ -31,6 +31,7 @@ from training.config import ModelConfig, TrainConfig
 from training.data import DataError, grouped_split, load_labeled, load_unlabeled
 from training.embeddings import load_glove, train_word2vec
 from training.models import RecurrentClassifier
+from training.pseudo import epoch_sample, pseudo_labels, soft_examples
 from training.tokenizer import build_tokenizer
 
 log = logging.getLogger("sentiment.train")
@@ -104,7 +105,18 @@ def evaluate(model, ids, labels) -> dict:
 
 # A resumed run keeps its checkpoint's settings except how long to train (`--resume --epochs 10` extends a run), the
 # learning rate and augmentation (fine-tuning), and the n-gram fit, which happens after the network trains.
-RESUME_OVERRIDES = ("epochs", "patience", "time_budget_min", "ngram_c", "negation_window", "augment", "lr")
+RESUME_OVERRIDES = (
+    "epochs",
+    "patience",
+    "time_budget_min",
+    "ngram_c",
+    "negation_window",
+    "augment",
+    "lr",
+    "self_training",
+    "pseudo_margin",
+    "pseudo_per_epoch",
+)
 
 
 def train(cfg: TrainConfig, resume: bool = False) -> dict:
@@ -141,6 +153,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     train_ids, train_y = prepared["train"]
     val_ids, val_y = prepared["val"]
     enders = sentence_enders(tokenizer_json)
+    if cfg.self_training:
+        prepared["pseudo"] = pseudo_labels(cfg, model, state, prepared, out)
     while state["epoch"] < cfg.epochs and state["bad_epochs"] < cfg.patience:
         if cfg.time_budget_min and state["elapsed"] >= cfg.time_budget_min * 60:
             break
@@ -149,7 +163,13 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         start, seen, loss_sum, correct, grad_norms = time.time(), 0, 0.0, 0, []
         crop_ids, crop_y = sentence_crops(train_ids, train_y, enders, cfg.crop_share, cfg.seed + epoch)
         aug_ids, aug_y = augmentation(train_ids, train_y, vocab, cfg.augment, cfg.seed + epoch)
-        epoch_ids, epoch_y = list(train_ids) + crop_ids + aug_ids, list(train_y) + crop_y + aug_y
+        pseudo_ids, pseudo_y = (
+            epoch_sample(prepared["pseudo"], cfg.pseudo_margin, cfg.pseudo_per_epoch, cfg.seed + epoch)
+            if "pseudo" in prepared
+            else ([], [])
+        )
+        epoch_ids = list(train_ids) + crop_ids + aug_ids + pseudo_ids
+        epoch_y = list(train_y) + crop_y + aug_y + pseudo_y
         steps = math.ceil(len(epoch_ids) / cfg.batch_size)
         # Not a terminal (a background run): a line every 30 s in the log instead of a bar.
         bar = tqdm(
@@ -254,10 +274,21 @@ def fit_branch(cfg: TrainConfig, model: RecurrentClassifier, prepared: dict, out
 
     mc = model.cfg
     start = time.time()
-    cache = out / f"ngram_c{cfg.ngram_c:g}_neg{mc.negation_window}.npz"
+    pseudo = prepared.get("pseudo")
+    cache = out / f"ngram_c{cfg.ngram_c:g}_neg{mc.negation_window}{'_self' if pseudo else ''}.npz"
     if cache.exists():
         saved = np.load(cache)
         weights, intercept = saved["weights"], float(saved["intercept"])
+    elif pseudo:
+        ids, labels, weight = soft_examples(pseudo)
+        train_ids, train_y = prepared["train"]
+        weights, intercept = fit_nbsvm(
+            list(train_ids) + ids,
+            list(train_y) + labels,
+            mc,
+            cfg.ngram_c,
+            sample_weight=np.concatenate([np.ones(len(train_ids)), weight]),
+        )
     else:
         weights, intercept = fit_nbsvm(*prepared["train"], mc, cfg.ngram_c)
         np.savez(cache, weights=weights, intercept=intercept)
@@ -272,6 +303,7 @@ def fit_branch(cfg: TrainConfig, model: RecurrentClassifier, prepared: dict, out
         "mix": mix,
         "ngram_c": cfg.ngram_c,
         "negation_window": mc.negation_window,
+        "self_training": bool(pseudo),
         "ngram_intercept": intercept,
         "ngram_fit_seconds": round(time.time() - start, 1),
         "val_accuracy_rnn": (rnn.argmax(1) == y).float().mean().item(),
