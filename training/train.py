@@ -291,6 +291,7 @@ def fit_branch(cfg: TrainConfig, model: RecurrentClassifier, prepared: dict, out
         )
     else:
         weights, intercept = fit_nbsvm(*prepared["train"], mc, cfg.ngram_c)
+    if not cache.exists():
         np.savez(cache, weights=weights, intercept=intercept)
     with torch.no_grad():
         model.ngram.weight.copy_(torch.from_numpy(weights)[:, None])
