@@ -24,22 +24,15 @@ import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TypeVar
 
 import numpy as np
 
 from service.exceptions import NoTokens, NotReady, Overloaded
 from service.metrics import Metrics
-from service.runtime import ModelRuntime
+from service.runtime import ModelRuntime, plan_calls
 from service.tokenization import Encoded
 
-K = TypeVar("K")  # what identifies an item in plan_calls
-
 log = logging.getLogger("sentiment.batching")
-
-# A call stops growing at a text longer than this multiple of its shortest one (plus a little slack for tiny texts):
-# beyond it, padding the short texts costs more than another call's overhead.
-LENGTH_RATIO, LENGTH_SLACK = 2.0, 16
 
 
 class QueueFull(Overloaded):
@@ -63,27 +56,6 @@ class _Job:
     @property
     def size(self) -> int:
         return len(self.encoded)
-
-
-def plan_calls(items: list[tuple[K, int]], max_items: int, max_tokens: int) -> list[list[tuple[K, int]]]:
-    """Cut (key, length) items into onnxruntime calls, shortest first: each call holds at most `max_items`, at most
-    `max_tokens` padded tokens (unless one text alone is longer), and no text much longer than its shortest."""
-    calls: list[list[tuple[K, int]]] = []
-    current: list[tuple[K, int]] = []
-    for item in sorted(items, key=lambda kv: kv[1]):
-        length = item[1]
-        if current:
-            shortest = current[0][1]
-            too_many = len(current) + 1 > max_items
-            too_long = (len(current) + 1) * length > max_tokens
-            too_far = length > LENGTH_RATIO * shortest + LENGTH_SLACK
-            if too_many or too_long or too_far:
-                calls.append(current)
-                current = []
-        current.append(item)
-    if current:
-        calls.append(current)
-    return calls
 
 
 class MicroBatcher:

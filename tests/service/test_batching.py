@@ -119,6 +119,21 @@ def test_token_budget_splits_calls(runtime):
     assert sum(map(len, recorder.calls)) == 12
 
 
+def test_direct_predict_plans_its_calls_like_the_micro_batcher(runtime, monkeypatch):
+    """ModelRuntime.predict (batch CLI, benchmarks) cuts calls by items, padded tokens and length groups too, and
+    answers in input order with the same probabilities as scoring each text alone."""
+    batch = texts(40, seed=5, lo=1, hi=60)
+    encoded = runtime.encode(batch)
+    recorder = Recording(runtime)
+    monkeypatch.setattr(runtime, "run_batch", recorder)
+    probs = runtime.predict(encoded, batch_size=8, max_tokens=120)
+    monkeypatch.undo()
+    assert sorted(n for call in recorder.calls for n in call) == sorted(e.num_tokens for e in encoded)
+    assert all(len(c) <= 8 and (len(c) == 1 or len(c) * max(c) <= 120) for c in recorder.calls)
+    alone = np.concatenate([runtime.run_batch([e]) for e in encoded])
+    assert np.allclose(probs, alone, atol=1e-5)
+
+
 # -- failure rules ----------------------------------------------------------------------------------------------------
 def test_a_failed_call_fails_only_its_own_requests(runtime):
     short, long = runtime.encode(["great fun"]), runtime.encode(texts(1, seed=5, lo=50, hi=50))
