@@ -6,7 +6,7 @@
     python -m benchmarks.cli_bench --memory         # `make bench-memory`
 
 Baseline ("direct"): the reviews already in memory, tokenized by `ModelRuntime.encode` and scored by
-`ModelRuntime.predict` (length-sorted batches of 64, one onnxruntime call each) in this process: no file, no JSON,
+`ModelRuntime.predict` (length-sorted calls of at most 64 texts and 4,096 padded tokens) in this process: no file, no JSON,
 no start-up; its tokenizing and onnxruntime times are also reported apart. The CLI run is a fresh process reading and writing
 JSONL, timed from launch to exit (interpreter start, model load and checksums included). Both use every core; on a
 shared machine the two alternate over slices of the reviews, so a burst of other load hits both alike.

@@ -27,7 +27,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from service.runtime import ModelRuntime
+from service.runtime import CALL_TOKENS, ModelRuntime, plan_calls
 
 RECURRENT_OPS = {"LSTM", "GRU", "RNN", "DynamicQuantizeLSTM"}
 
@@ -83,10 +83,18 @@ def macs_per_token(model_dir: Path) -> int:
     return sum(int(np.prod(s["W"])) + int(np.prod(s["R"])) for s in recurrent_shapes(model_dir))
 
 
-def predict_rate(rt: ModelRuntime, encoded: list, batch_size: int, sort: bool = True, rounds: int = 2) -> dict:
-    """Texts/s and real tokens/s of batched scoring (best of `rounds`), and the share of padded positions."""
-    order = sorted(range(len(encoded)), key=lambda i: encoded[i].num_tokens) if sort else list(range(len(encoded)))
-    chunks = [[encoded[i] for i in order[s : s + batch_size]] for s in range(0, len(order), batch_size)]
+def predict_rate(
+    rt: ModelRuntime, encoded: list, batch_size: int, sort: bool = True, rounds: int = 2, max_tokens: int | None = None
+) -> dict:
+    """Texts/s and real tokens/s of batched scoring (best of `rounds`), and the share of padded positions. With
+    `max_tokens`, calls are planned as the service plans them (`plan_calls`: also at most that many padded tokens,
+    and no text much longer than the call's shortest)."""
+    if max_tokens is not None:
+        calls = plan_calls([(i, e.num_tokens) for i, e in enumerate(encoded)], batch_size, max_tokens)
+        chunks = [[encoded[i] for i, _ in call] for call in calls]
+    else:
+        order = sorted(range(len(encoded)), key=lambda i: encoded[i].num_tokens) if sort else list(range(len(encoded)))
+        chunks = [[encoded[i] for i in order[s : s + batch_size]] for s in range(0, len(order), batch_size)]
     real = sum(e.num_tokens for e in encoded)
     padded = sum(len(c) * max(e.num_tokens for e in c) for c in chunks)
     rt.run_batch(chunks[0])
@@ -128,7 +136,7 @@ def engine_report(model_dirs: list[Path], texts: list[str], threads: tuple[int, 
             # The MatMul rate is measured again right beside the model (before and after, the better kept), so
             # that on a shared machine the two figures of the fraction see the same load.
             around = [matmul_gflops(1024, 1024, 1024, t)]
-            r = predict_rate(rt, encoded, 64)
+            r = predict_rate(rt, encoded, 64, max_tokens=CALL_TOKENS)  # as the service and `predict` call it
             around.append(matmul_gflops(1024, 1024, 1024, t))
             achieved = r["tokens_per_s"] * 2 * macs / 1e9
             entry["direct"][str(t)] = {

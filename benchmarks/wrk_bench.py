@@ -8,9 +8,10 @@ thread costs a few percent of a core. Loads: IMDB reviews (the train archive whe
 and short snippets (their first ~18 words), each at concurrency 1, 32 and 128, every request a different text
 (benchmarks/wrk_post.lua). The request bodies are written to a temporary file, never into the repository.
 
-"Direct" is the same texts through `ModelRuntime.encode` + `predict` (length-sorted batches of 64) in one process,
-with the threads the server is given (`SENTIMENT_INTRA_OP_THREADS`, default 1) and with one per core; the ratio uses
-the better of the two, so it is the engine's best on this machine, not a strawman.
+"Direct" is the same texts through `ModelRuntime.encode` + `predict` (length-sorted calls of at most 64 texts and
+4,096 padded tokens) in one process, with the threads the server is given (`SENTIMENT_INTRA_OP_THREADS`, default
+1) and with one per core; the ratio uses the better of the two, so it is the engine's best on this machine, not a
+strawman.
 """
 
 from __future__ import annotations
