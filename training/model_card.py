@@ -61,6 +61,8 @@ def render(manifest: dict, comparison_md: str | None = None, notes: str | None =
         rows,
         "",
         "## Reproduce",
+        "The shipped models come from `make train`, a staged recipe (each stage resumes the run with new settings; "
+        "see the Makefile). The settings of the run's last stage:",
         f"```\n{tr['command']}\nsentiment-export --run <out-dir> --out exported/{manifest['name']}\n```",
         f"Source commit: `{tr['source_commit']}`.",
     ]
