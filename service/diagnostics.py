@@ -2,8 +2,10 @@
 
 Definitions (also in the README; derivations in training/graph.py):
 - running_score[t]: P(positive) the model gives the text cut after token t, exactly (unidirectional encoders; the
-  manifest's `diagnostics.running_score` is "exact"). A bidirectional encoder has no such reading (its backward half
-  has read the whole text before position 0), so its running_score is null and `summary.running_score_note` says why.
+  manifest's `diagnostics.running_score` is "exact"; int8 models say "approximate": their activation scales are
+  computed per call, so a prefix scored alone can differ by ~0.005). A bidirectional encoder has no such reading
+  (its backward half has read the whole text before position 0), so its running_score is null and
+  `summary.running_score_note` says why.
 - running_logodds[t]: the same in log-odds; score_delta[t] = running_score[t] - running_score[t-1] (0.5 before).
 - contribution[t]: token t's signed share of the final decision in log-odds (positive pushes towards "positive").
   Exact models: baseline + sum of contributions = final log-odds (`summary.contribution_baseline`,
@@ -171,7 +173,7 @@ def build(
             "contribution": _r(contrib),
         }
         summary.update(
-            running_score_method="exact",
+            running_score_method=model.contract.get("running_score", "exact"),  # "approximate" for int8 models
             contribution_method=model.contract.get("contribution", "state_change"),
             contribution_baseline=round(float(outputs["contribution_baseline"][0]), 6),
         )

@@ -152,7 +152,10 @@ class TopToken(_Report):
 class DiagnosticsSummary(_Report):
     final_score: float = Field(description="P(positive) of the whole text (= score)")
     final_logodds: float
-    running_score_method: str | None = Field(description='"exact", or null when running_score is not available')
+    running_score_method: str | None = Field(
+        description='"exact"; "approximate" for int8 models (a prefix scored alone can differ by ~0.005); null when '
+        "running_score is not available"
+    )
     running_score_note: str | None = None
     contribution_method: str | None = Field(description='e.g. "state_change", "state_change+ngram", "occlusion"')
     contribution_baseline: float | None = Field(None, description="exact models: baseline + sum of contributions = final_logodds")

@@ -516,14 +516,17 @@ function drawScoreChart(d, r, labels) {
   const note = $("score-note");
   const box = $("score-chart");
   const isExact = d.summary.running_score_method != null && d.tokens.every(exact);
-  note.hidden = isExact;
+  const approximate = d.summary.running_score_method === "approximate";
+  note.hidden = isExact && !approximate;
   if (!isExact) {
     note.textContent = `No running score for this model: ${d.summary.running_score_note || "the service gave none"}. ` +
       "A line here would not be what the model reads up to each token, so none is drawn.";
     box.replaceChildren();
     return null;
   }
-  note.textContent = "";
+  // int8 models: the line is within ~0.005 of scoring each prefix alone (activation scales are computed per call).
+  note.textContent = approximate ? "Approximate running score (int8 model): each point is within about 0.005 of " +
+    "scoring that prefix alone." : "";
   return lineChart(box, {
     series: [{ name: "running score", values: d.tokens.map((t) => t.running_score), colour: "#542788", dash: "" }],
     labels, yMin: 0, yMax: 1, baseline: 0.5, endLabel: `${fmt(r.score)} ${r.label}`,
