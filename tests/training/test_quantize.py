@@ -102,6 +102,12 @@ def test_unidirectional_int8_diagnostics_end_at_its_own_score(export_random, tmp
         np.testing.assert_allclose(probs, plain, atol=1e-5)
         assert report["summary"]["final_score"] == pytest.approx(float(plain[rt.positive]), abs=1e-5)
         assert report["tokens"][-1]["running_score"] == pytest.approx(float(plain[rt.positive]), abs=1e-5)
+        # Activation scales are per call, so a prefix scored alone is only close: the manifest and the report say so.
+        assert report["summary"]["running_score_method"] == "approximate"
+        total = report["summary"]["contribution_baseline"] + sum(t["contribution"] for t in report["tokens"])
+        assert total == pytest.approx(report["summary"]["final_logodds"], abs=1e-4)
+    assert rt.manifest["diagnostics"]["running_score"] == "approximate"
+    assert ModelRuntime(src, intra_op_threads=1).manifest["diagnostics"]["running_score"] == "exact"
 
 
 def test_gru_keeps_an_fp32_cell_and_says_so(export_random, tmp_path):
