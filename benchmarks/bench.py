@@ -281,10 +281,10 @@ def readme_section(r: dict) -> str:
         "## Benchmarks",
         "",
         f"`make bench` (benchmarks/bench.py) measured everything below in one run on {m['cores']} cores of an "
-        f"{m['cpu']}, onnxruntime {m['onnxruntime']}, torch {m['torch']}, {m['date'][:10]}. **The machine was shared** "
-        f"(load average {m['load_average_at_start']:.1f} at the start, {r['load_average_at_end']:.1f} at the end: a "
-        "training job and other test runs took CPU), so read the ratios, which compare runs made minutes apart, rather "
-        f"than the absolute rates. Model: `{s['model']}` from `{r['model_root']}`; texts: {r['texts_source']}. "
+        f"{m['cpu']}, onnxruntime {m['onnxruntime']}, torch {m['torch']}, {m['date'][:10]}, load average "
+        f"{m['load_average_at_start']:.1f} at the start and {r['load_average_at_end']:.1f} at the end (the bench's own "
+        "load included; a shared machine moves the absolute rates, so read the ratios, which compare runs made minutes "
+        f"apart). Model: `{s['model']}` from `{r['model_root']}`; texts: {r['texts_source']}. "
         "Raw figures: `benchmarks/results.json`.",
         "",
         f"HTTP: wrk with one client thread ({h['seconds_per_run']:.0f} s per run, every request a different text, "
