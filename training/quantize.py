@@ -278,7 +278,33 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     if args.report:
         Path(args.report).write_text(text + "\n")
+    record_evaluation(Path(args.out), report)
     return 0
+
+
+def record_evaluation(out: Path, report: dict) -> None:
+    """The side-by-side figures into the int8 artifact itself: a model card section and `quantization.evaluation`
+    in the manifest (whose checksum of MODEL_CARD.md is refreshed)."""
+    fp, q = report["fp32"], report["int8"]
+    card = out / "MODEL_CARD.md"
+    card.write_text(
+        card.read_text(encoding="utf-8").rstrip()
+        + f"\n\nMeasured side by side on {report['reviews']} grouped-validation reviews ({report['threads']} onnxruntime "
+        f"thread(s), batches of {report['batch_size']}): accuracy {q['accuracy']:.4f} vs {fp['accuracy']:.4f} fp32 "
+        f"({report['accuracy_change_points']:+.2f} points), {report['label_agreement']:.2%} of labels the same, "
+        f"{report['speedup']:.2f}x faster, {report['size_ratio']:.2f}x the size.\n",
+        encoding="utf-8",
+    )
+    manifest_path = out / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    keep = ("reviews", "accuracy_change_points", "speedup", "speedup_batch_quartiles", "size_ratio", "label_agreement")
+    manifest["quantization"]["evaluation"] = {
+        "accuracy": q["accuracy"],
+        "fp32_accuracy": fp["accuracy"],
+        **{k: report[k] for k in keep},
+    }
+    manifest["files"]["MODEL_CARD.md"] = {"sha256": sha256_of(card), "bytes": card.stat().st_size}
+    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -162,6 +162,10 @@ def test_cli_writes_and_evaluates(tiny_artifact, imdb_tarball, tmp_path, capsys)
     )
     assert 0 <= report["int8"]["accuracy"] <= 1 and 0 <= report["label_agreement"] <= 1
     assert report["accuracy_change_points"] == pytest.approx((report["int8"]["accuracy"] - report["fp32"]["accuracy"]) * 100)
+    # The figures travel with the artifact, which still verifies (the card's checksum was refreshed).
+    manifest = load_manifest(tmp_path / "q", verify=True)
+    assert manifest["quantization"]["evaluation"]["accuracy"] == report["int8"]["accuracy"]
+    assert f"{report['speedup']:.2f}x faster" in (tmp_path / "q" / "MODEL_CARD.md").read_text()
 
 
 def test_op_types_choose_what_is_quantized(tiny_artifact, tmp_path, capsys):
