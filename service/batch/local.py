@@ -129,15 +129,18 @@ def run_local(job: Job, rt: ModelRuntime) -> dict:
             return summary(job, rt.manifest, rt.directory, tally, 0, 0.0, skip)
 
         started = time.perf_counter()
+        # The input read up to the rows already done: what a checkpoint of `tally` must record. Taken before the
+        # first chunk is read (a resumed run's reader then verifies it against the interrupted run's), because
+        # recording the reader's position after that read, with the old tally, made the next resume refuse an
+        # unchanged input whenever a run was stopped before its first chunk was written.
+        done = previous.get("input") if previous else reader.fingerprint()
         rows = reader.rows(skip, previous.get("input") if previous else None)
         chunk = _take(rows, job.chunk_size)
         if job.input_format == "jsonl" and not previous:
             job.check_fields(jsonl_columns(chunk), f"{job.input} (first {len(chunk)} rows)")
         state = writer.open(previous["writer"] if previous else None)
         if checkpoint:
-            checkpoint.save(
-                {"job": identity, "tally": tally.state(), "writer": state, "complete": False, "input": reader.fingerprint()}
-            )
+            checkpoint.save({"job": identity, "tally": tally.state(), "writer": state, "complete": False, "input": done})
         show = not job.quiet and sys.stderr.isatty()
         with progress_bar(reader.count() if show else None, skip, show) as bar:
             while chunk:

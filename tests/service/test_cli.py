@@ -428,6 +428,29 @@ def test_ctrl_c_then_resume_gives_the_uninterrupted_output(tiny_artifact, tmp_pa
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["in.jsonl", whole.name, out.name, "summary.json"])
 
 
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
+def test_a_resumed_run_stopped_before_its_first_chunk_resumes_again(tiny_artifact, tmp_path, capsys, monkeypatch, fmt):
+    """Stopped twice: once mid-file, then again before the resumed run wrote anything. The second resume must accept
+    the unchanged input (the checkpoint once recorded the reader's position after the first chunk it read, with the
+    older row count, and the next resume refused the input as changed)."""
+    src = write_input(tmp_path / "in.jsonl", make_reviews(200, seed=5), "jsonl")
+    whole, out = tmp_path / f"whole.{fmt}", tmp_path / f"out.{fmt}"
+    assert run(tiny_artifact, src, "-o", whole, "--chunk-size", "32") == 0
+    cls = {"jsonl": writers.JsonlWriter, "parquet": writers.ParquetWriter}[fmt]
+    with monkeypatch.context() as m:
+        Interrupt(m, cls, after=2)
+        assert run(tiny_artifact, src, "-o", out, "--chunk-size", "32") == 130
+    with monkeypatch.context() as m:
+        Interrupt(m, cls, after=0)  # the resumed run is stopped while writing its first chunk
+        assert run(tiny_artifact, src, "-o", out, "--chunk-size", "32", "--resume") == 130
+    capsys.readouterr()
+    assert run(tiny_artifact, src, "-o", out, "--chunk-size", "32", "--resume") == 0, capsys.readouterr().err
+    if fmt == "parquet":
+        assert pq.read_table(out).equals(pq.read_table(whole))
+    else:
+        assert out.read_bytes() == whole.read_bytes()
+
+
 def test_resume_refuses_a_different_job_and_restart_starts_over(tiny_artifact, tmp_path, capsys, monkeypatch):
     src = write_input(tmp_path / "in.jsonl", make_reviews(100), "jsonl")
     out = tmp_path / "out.jsonl"
