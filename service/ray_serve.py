@@ -34,6 +34,7 @@ from service.routes import ServiceState, check_api_key
 from service.routes.sentiment import ERRORS, _check_length
 from service.runtime import ModelRuntime, NoTokensError
 from service.schemas import BatchRequest, BatchResponse, SentimentRequest, SentimentResponse
+from service.scoring import no_tokens
 from service.settings import Settings
 from service.tokenization import Encoded
 
@@ -99,7 +100,8 @@ class SentimentDeployment:
         encoded = await asyncio.to_thread(rt.encode, texts, truncate)
         for enc, name in zip(encoded, where):
             if enc.num_tokens == 0:
-                raise errors.ApiError(422, "no_tokens", f"{name} has nothing to score after cleaning (only markup or spaces?)")
+                exc = no_tokens(name)  # the core's error, so the message cannot drift from the HTTP service's
+                raise errors.ApiError(422, exc.code, exc.message)
         return encoded
 
     async def _results(

@@ -35,7 +35,7 @@ Where = Callable[[int], str]  # item index -> how the client names it ("text", "
 Gone = Callable[[], Awaitable[None]] | None  # returns when the client has left; None: never asked
 
 
-def _no_tokens(where: str) -> NoTokens:
+def no_tokens(where: str) -> NoTokens:
     return NoTokens(f"{where} has nothing to score after cleaning (only markup or spaces?)")
 
 
@@ -190,7 +190,7 @@ class ScoringCore:
         """Probabilities [N, labels] from the model's micro-batcher; each text's drift signals are recorded."""
         for i, enc in enumerate(encoded):
             if enc.num_tokens == 0:
-                raise _no_tokens(where(i))
+                raise no_tokens(where(i))
         probs = await _unless_gone(gone, self.batcher_for(rt).submit(encoded))
         for enc, row in zip(encoded, probs):
             self.metrics.observe_text(rt.name, float(row[rt.positive]), self._unknown(rt, enc))
@@ -279,7 +279,7 @@ class ScoringCore:
         if diagnostics:
             for i, enc in enumerate(encoded):
                 if enc.num_tokens == 0:
-                    raise _no_tokens(where(i))
+                    raise no_tokens(where(i))
             scored = await self.diagnose(rt, texts, encoded, include_hidden, attribution, gone)
             return [self.result(rt, enc, probs, report) for enc, (probs, report) in zip(encoded, scored)]
         probs = await self.score(rt, encoded, where, gone)
@@ -316,7 +316,7 @@ class ScoringCore:
         scorable = []
         for i, enc in zip(todo, encoded):
             if enc.num_tokens == 0:
-                err = _no_tokens(where(i))
+                err = no_tokens(where(i))
                 out[i] = {"error": {"code": err.code, "message": err.message}}
             else:
                 scorable.append((i, enc))

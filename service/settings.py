@@ -13,6 +13,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from service.contract import DEFAULT_MODEL_ROOT
+from service.runtime import CALL_TOKENS
 from service.trust import WARN_MIN_TOKENS, WARN_UNKNOWN_SHARE
 
 # Comma-separated in the environment ("cuda,cpu"), not JSON: NoDecode hands the raw string to the validator.
@@ -43,7 +44,7 @@ class Settings(BaseSettings):
         description="longer texts get 413 (tokens past the model's max are truncated, this only bounds the work per request)",
     )
     max_batch_items: int = Field(64, gt=0, description="items per batch request, and per micro-batched onnxruntime call")
-    max_batch_tokens: int = Field(4_096, gt=0, description="padded tokens (items x longest) per onnxruntime call")
+    max_batch_tokens: int = Field(CALL_TOKENS, gt=0, description="padded tokens (items x longest) per onnxruntime call")
     max_wait_ms: float = Field(2.0, ge=0, le=1000, description="how long the first queued text waits for company")
     queue_size: int = Field(1024, gt=0, description="texts waiting for the model; past it requests get 503")
     max_body_bytes: int = Field(4_000_000, gt=0, description="request bodies over this get 413 before parsing")

@@ -133,8 +133,9 @@ def run_local(job: Job, rt: ModelRuntime) -> dict:
         # first chunk is read (a resumed run's reader then verifies it against the interrupted run's), because
         # recording the reader's position after that read, with the old tally, made the next resume refuse an
         # unchanged input whenever a run was stopped before its first chunk was written.
-        done = previous.get("input") if previous else reader.fingerprint()
-        rows = reader.rows(skip, previous.get("input") if previous else None)
+        expect = previous.get("input") if previous else None
+        done = expect if previous else reader.fingerprint()
+        rows = reader.rows(skip, expect)
         chunk = _take(rows, job.chunk_size)
         if job.input_format == "jsonl" and not previous:
             job.check_fields(jsonl_columns(chunk), f"{job.input} (first {len(chunk)} rows)")
