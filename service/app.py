@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -17,8 +18,10 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
 from starlette.routing import Match, Mount
+from starlette.types import ASGIApp
 
 from service import docs, errors, tracing
+from service.fast_lane import FastLane
 from service.http_limits import BodyBudget
 from service.metrics import Metrics, MetricsMiddleware
 from service.registry import ModelRegistry
@@ -58,6 +61,16 @@ class PageMount(Mount):
         return super().matches(scope)
 
 
+class SentimentApp(FastAPI):
+    """FastAPI with an optional `lane` in front of its whole middleware stack (service/fast_lane.py)."""
+
+    lane: Callable[[ASGIApp], ASGIApp] | None = None
+
+    def build_middleware_stack(self) -> ASGIApp:
+        stack = super().build_middleware_stack()
+        return self.lane(stack) if self.lane is not None else stack
+
+
 def create_app(settings: Settings | None = None, registry: ModelRegistry | None = None, tracer_provider=None) -> FastAPI:
     """The app; `registry` lets a caller that already loaded the models (sentiment-serve) skip loading them again.
     Tracing (service/tracing.py) is on with `tracer_provider`, or when the OTEL_* variables ask for it."""
@@ -85,7 +98,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
                 provider.shutdown()  # exports the spans still buffered
             state.tokenizer_pool.shutdown(wait=False)
 
-    app = FastAPI(
+    app = SentimentApp(
         title="IMDB sentiment service",
         version="1.0.0",
         lifespan=lifespan,
@@ -107,11 +120,12 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     if STATIC_DIR.is_dir():
         app.router.routes.append(PageMount(StaticFiles(directory=STATIC_DIR, html=True), list(app.router.routes)))
     # add_middleware puts each new one outside the previous: the body limit runs innermost, CORS outermost.
+    budget = BodyBudget(settings.max_buffered_body_bytes)  # shared with the fast lane
     app.add_middleware(
         errors.BodyLimitMiddleware,
         max_bytes=settings.max_body_bytes,
         api_keys=settings.api_keys,
-        budget=BodyBudget(settings.max_buffered_body_bytes),
+        budget=budget,
         retry_after_s=settings.retry_after_s,
     )
     app.add_middleware(errors.CatchAllMiddleware)
@@ -130,5 +144,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     app.add_middleware(SecurityHeadersMiddleware)  # outermost: every response gets the headers, CORS's too
     if provider is not None:
         batch_tracer = tracing.instrument(app, provider)
+    elif settings.fast_lane:  # (traced requests need the spans the full stack makes)
+        app.lane = lambda stack: FastLane(stack, state, sentiment.score_one, settings.max_body_bytes, budget)
     app.state.reloader = Reloader(state, batch_tracer)  # SIGHUP and POST /v1/admin/reload
     return app

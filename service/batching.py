@@ -29,10 +29,11 @@ import numpy as np
 
 from service.exceptions import NoTokens, NotReady, Overloaded
 from service.metrics import Metrics
-from service.runtime import ModelRuntime, plan_calls
+from service.runtime import ModelRuntime, plan_calls, release_freed_memory
 from service.tokenization import Encoded
 
 log = logging.getLogger("sentiment.batching")
+RELEASE_AFTER_S = 1.0  # idle this long after work, a model's worker hands freed memory back to the OS
 
 
 class QueueFull(Overloaded):
@@ -86,6 +87,7 @@ class MicroBatcher:
         # One thread: calls for one model run one after another, and the event loop stays free meanwhile.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ort-{runtime.name}")
         self._labels = (runtime.name, runtime.provider)
+        self._release: asyncio.TimerHandle | None = None
 
     @property
     def depth(self) -> int:
@@ -119,6 +121,8 @@ class MicroBatcher:
             except asyncio.CancelledError:
                 pass
             self._worker = None
+        if self._release is not None:
+            self._release.cancel()
         self._fail(list(self._jobs) + self._active, BatcherStopped("the service is shutting down"))
         self._jobs.clear()
         self._set_waiting(0)
@@ -174,6 +178,7 @@ class MicroBatcher:
             raise
         finally:
             self._diagnosing -= 1
+            self._release_when_idle()
 
     @staticmethod
     def _fail(jobs: list[_Job], exc: BaseException) -> None:
@@ -211,6 +216,21 @@ class MicroBatcher:
             self._active = []
             if self._jobs:
                 self._wakeup.set()
+            else:
+                self._release_when_idle()
+
+    def _release_when_idle(self) -> None:
+        """(Re)arm the timer that releases freed memory once this model has been idle for RELEASE_AFTER_S; a
+        timer, not a task, so a busy worker pays one re-arm per window."""
+        if self._release is not None:
+            self._release.cancel()
+        self._release = asyncio.get_running_loop().call_later(RELEASE_AFTER_S, self._release_now)
+
+    def _release_now(self) -> None:
+        self._release = None
+        if self.busy:  # work arrived meanwhile: its end re-arms the timer
+            return
+        self._executor.submit(release_freed_memory)  # the model's own thread: never during one of its calls
 
     def _take(self) -> list[_Job]:
         """Waiting jobs in arrival order, up to one window's worth (at least one job, whatever its size)."""

@@ -33,6 +33,9 @@ _HTTP_CODES = {
 }
 
 
+INTERNAL_ERROR = ("internal_error", "internal server error (logged on the server)")  # all a client learns of a bug
+
+
 class ApiError(Exception):
     """An error the client can act on: its status, a stable code and a message."""
 
@@ -165,7 +168,7 @@ class CatchAllMiddleware:
             log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
             if started:  # headers are out: all we can do is drop the connection
                 raise
-            await error_response(500, "internal_error", "internal server error (logged on the server)")(scope, receive, send)
+            await error_response(500, *INTERNAL_ERROR)(scope, receive, send)
 
 
 class BodyLimitMiddleware:
@@ -231,18 +234,9 @@ class BodyLimitMiddleware:
                 body += chunk
                 if not message.get("more_body", False):
                     break
-            data = bytes(body)
+            message = {"type": "http.request", "body": bytes(body), "more_body": False}
             del body  # one copy held, not two
-            replayed = False
-
-            async def replay():
-                nonlocal replayed
-                if not replayed:
-                    replayed = True
-                    return {"type": "http.request", "body": data, "more_body": False}
-                return await receive()  # after the body: wait for the disconnect, as the server would
-
-            await self.app(scope, replay, send)
+            await self.app(scope, replaying(message, receive), send)
         finally:
             self.budget.give_back(held)
 
@@ -254,6 +248,20 @@ class BodyLimitMiddleware:
             {"Connection": "close"},
         )
         await response(scope, receive, send)
+
+
+def replaying(message, receive):
+    """A receive that gives `message` (a body already read) first, then the server's next messages."""
+    replayed = False
+
+    async def replay():
+        nonlocal replayed
+        if not replayed:
+            replayed = True
+            return message
+        return await receive()  # after the body: wait for the disconnect, as the server would
+
+    return replay
 
 
 def _empty_body(receive):

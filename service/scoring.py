@@ -31,6 +31,7 @@ from service.tokenization import Encoded, Truncation
 from service.trust import TrustPolicy
 
 TOKENIZER_THREADS = 2
+INLINE_CHARS = 512
 Where = Callable[[int], str]  # item index -> how the client names it ("text", "items[3].text", "inputs[0]")
 Gone = Callable[[], Awaitable[None]] | None  # returns when the client has left; None: never asked
 
@@ -109,15 +110,17 @@ async def _unless_gone(gone: Gone, work: Awaitable):
             work.close()
         raise ClientGone("the client closed the connection before its work started")
     task = asyncio.ensure_future(work)
+    # When the client leaves, the watch cancels the work; awaiting it returns once its clean-up has run. (A callback
+    # instead of asyncio.wait + gather: those were a tenth of the event loop's time per short request.)
+    watch.add_done_callback(lambda w: w.cancelled() or task.cancel())
     try:
-        await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
-    finally:  # result, client gone or this request cancelled: stop the other task and let it clean up first
-        task.cancel()
+        return await task
+    except asyncio.CancelledError:
+        if watch.done() and not watch.cancelled():
+            raise ClientGone("the client closed the connection before its result was ready") from None
+        raise  # this request itself was cancelled
+    finally:
         watch.cancel()
-        await asyncio.gather(task, watch, return_exceptions=True)
-    if task.cancelled():
-        raise ClientGone("the client closed the connection before its result was ready")
-    return task.result()
 
 
 @dataclass
@@ -184,6 +187,8 @@ class ScoringCore:
 
     # -- scoring -------------------------------------------------------------------------------------------------
     async def encode(self, rt: ModelRuntime, texts: list[str], truncation: Truncation | None = None) -> list[Encoded]:
+        if len(texts) == 1 and len(texts[0]) <= INLINE_CHARS:
+            return rt.encode(texts, truncation)
         return await self.tokenizing.encode(rt, texts, truncation)
 
     async def score(self, rt: ModelRuntime, encoded: list[Encoded], where: Where, gone: Gone = None) -> np.ndarray:

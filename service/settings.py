@@ -45,7 +45,7 @@ class Settings(BaseSettings):
     )
     max_batch_items: int = Field(64, gt=0, description="items per batch request, and per micro-batched onnxruntime call")
     max_batch_tokens: int = Field(CALL_TOKENS, gt=0, description="padded tokens (items x longest) per onnxruntime call")
-    max_wait_ms: float = Field(2.0, ge=0, le=1000, description="how long the first queued text waits for company")
+    max_wait_ms: float = Field(0.0, ge=0, le=1000, description="how long the first queued text waits for company")
     queue_size: int = Field(1024, gt=0, description="texts waiting for the model; past it requests get 503")
     max_body_bytes: int = Field(4_000_000, gt=0, description="request bodies over this get 413 before parsing")
     # What a client can make the server hold before the app judges its request (service/http_limits.py). Together
@@ -67,6 +67,9 @@ class Settings(BaseSettings):
         "the connection is closed (4 MB at 1 Mbit/s takes 32 s)",
     )
     keep_alive_s: float = Field(5.0, gt=0, description="idle keep-alive connections are closed after this")
+    fast_lane: bool = Field(
+        True, description="answer well-formed POST /v1/sentiment requests in one ASGI layer (service/fast_lane.py)"
+    )
     max_buffered_body_bytes: int = Field(
         32_000_000, gt=0, description="request bodies buffered at once, all connections together; past it 503"
     )

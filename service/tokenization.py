@@ -66,11 +66,13 @@ class TextTokenizer:
         return self.tokenizer.get_vocab_size()
 
     def _finish(self, enc, truncation: Truncation | None) -> Encoded:
-        n = len(enc.ids)
-        keep = kept_positions(n, self.max_tokens, truncation or self.truncation, self.head_tokens)
-        ids = np.asarray(enc.ids, dtype=np.int64)[keep] if n else np.zeros(0, dtype=np.int64)
+        ids = np.asarray(enc.ids, dtype=np.int64)
         offsets = enc.offsets  # each attribute access rebuilds the whole list: read it once, not once per token
-        return Encoded(ids, [offsets[i] for i in keep], n, len(keep) < n)
+        n = len(ids)
+        if n <= self.max_tokens:  # the usual case: everything is kept, no per-token Python work
+            return Encoded(ids, offsets, n, False)
+        keep = kept_positions(n, self.max_tokens, truncation or self.truncation, self.head_tokens)
+        return Encoded(ids[keep], [offsets[i] for i in keep], n, True)
 
     def encode(self, text: str, truncation: Truncation | None = None) -> Encoded:
         return self._finish(self.tokenizer.encode(text, add_special_tokens=False), truncation)

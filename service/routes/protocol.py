@@ -78,4 +78,4 @@ async def score(
     (ScoringCore.batcher_for)."""
     if encoded is None:
         encoded = await state.encode(rt, texts, truncation)
-    return encoded, await state.score(rt, encoded, where, gone=client_gone(request))
+    return encoded, await state.score(rt, encoded, where, gone=client_gone(request.receive))

@@ -244,3 +244,35 @@ def test_in_flight_counts_texts_being_scored_and_in_diagnostics(runtime):
         gate.set()
         runtime.__dict__.pop("diagnose", None)
     assert np.allclose(probs[0], diag_probs, atol=1e-5)
+
+
+# -- memory -----------------------------------------------------------------------------------------------------------
+def test_an_idle_batcher_hands_freed_memory_back_once_and_a_busy_one_never(runtime, monkeypatch):
+    import service.batching as batching
+
+    released = []  # (thread name, texts being scored at that moment)
+    scoring = []
+    monkeypatch.setattr(batching, "RELEASE_AFTER_S", 0.05)
+    monkeypatch.setattr(
+        batching, "release_freed_memory", lambda: released.append((threading.current_thread().name, len(scoring)))
+    )
+
+    def slow(encoded):
+        scoring.append(1)
+        try:
+            threading.Event().wait(0.02)
+            return type(runtime).run_batch(runtime, encoded)
+        finally:
+            scoring.pop()
+
+    async def scenario(batcher):
+        enc = runtime.encode(texts(4))
+        for _ in range(8):  # busy: a window every ~20 ms, each closer to the last than RELEASE_AFTER_S
+            await batcher.submit(enc)
+        during = len(released)
+        await asyncio.sleep(0.2)  # idle
+        return during, len(released)
+
+    during, after = asyncio.run(run_with(runtime, scenario, slow, max_wait_ms=0))
+    assert during == 0 and after == 1
+    assert released[0][0].startswith("ort-") and released[0][1] == 0  # in the model's thread, between calls

@@ -4,6 +4,7 @@ table that gives each of its errors an HTTP status."""
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import pytest
 
@@ -36,7 +37,7 @@ def test_concurrent_requests_are_tokenized_together(core):
     try:
 
         async def scenario():
-            texts = [f"a fine film number {i}" for i in range(20)]
+            texts = [f"a fine film number {i} " + "with more to say " * 40 for i in range(20)]  # over INLINE_CHARS
             got = await asyncio.gather(*(core.encode(rt, [t]) for t in texts))
             return texts, got
 
@@ -46,6 +47,32 @@ def test_concurrent_requests_are_tokenized_together(core):
     assert sum(calls) == 20 and len(calls) < 20  # requests that waited for a thread shared one call
     for text, (enc,) in zip(texts, got):
         assert enc.ids.tolist() == rt.encode([text])[0].ids.tolist()
+
+
+def test_a_short_single_text_is_tokenized_on_the_loop_and_the_same(core):
+    """A text of at most INLINE_CHARS costs less to tokenize than a thread hop: it is done in place. A longer one,
+    or several texts, go to the pool (a 20,000-character text must never hold the event loop)."""
+    rt = core.model(None)
+    threads = []
+    real = rt.encode
+
+    def recording(texts, truncation=None):
+        threads.append(threading.current_thread().name)
+        return real(texts, truncation)
+
+    rt.encode = recording
+    short, long = "a fine film", "a fine film " * 50
+    try:
+
+        async def scenario():
+            return [await core.encode(rt, texts) for texts in ([short], [long], [short, short])]
+
+        got = asyncio.run(scenario())
+    finally:
+        rt.__dict__.pop("encode", None)
+    assert threads[0] == "MainThread" and all(name.startswith("tokenize") for name in threads[1:]), threads
+    for texts, encoded in zip(([short], [long], [short, short]), got):
+        assert [e.ids.tolist() for e in encoded] == [e.ids.tolist() for e in rt.encode(texts)]
 
 
 def test_batch_items_get_their_own_errors_and_the_rest_is_scored(core):
