@@ -139,6 +139,28 @@ def tree_rss_mb(pid: int) -> float:
     return total
 
 
+def worker_memory_mb(pid: int) -> dict:
+    """Per-process memory of a server: the largest worker's RSS and PSS (PSS shares each library page among the
+    processes that map it, so it is what one more worker costs), the supervisor's RSS and the total RSS."""
+    rows = []
+    for p in descendants(pid):
+        try:
+            rollup = Path(f"/proc/{p}/smaps_rollup").read_text()
+            cmdline = Path(f"/proc/{p}/cmdline").read_bytes()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        values = {k: int(v) / 1024 for k, v in re.findall(r"^(Rss|Pss):\s+(\d+) kB", rollup, re.M)}
+        rows.append((p, b"spawn_main" in cmdline, values.get("Rss", 0.0), values.get("Pss", 0.0)))
+    workers = [r for r in rows if r[1]] or [r for r in rows if r[0] == pid]
+    return {
+        "worker_rss_max": round(max(r[2] for r in workers), 1),
+        "worker_pss_max": round(max(r[3] for r in workers), 1),
+        "workers": len(workers),
+        "supervisor_rss": round(next((r[2] for r in rows if r[0] == pid), 0.0), 1),
+        "total_rss": round(sum(r[2] for r in rows), 1),
+    }
+
+
 class Server:
     """A `sentiment-serve` on loopback for the duration of a `with` block; BENCH_SERVER_ARGS adds flags."""
 

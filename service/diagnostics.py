@@ -68,7 +68,6 @@ def _layer_reports(outputs: dict, n: int, gate_names: list[str]) -> tuple[list[d
     reports: list[dict] = []
     overall: dict[str, list[tuple[float, float]]] = {}
     picked = [(gi, name) for gi, name in enumerate(gate_names) if name in REPORTED_GATES]
-    idx = [gi for gi, _ in picked]
     layer = 0
     while f"hidden_{layer}" in outputs:
         hidden = outputs[f"hidden_{layer}"][0, :n]  # [n, D, H]
@@ -88,13 +87,13 @@ def _layer_reports(outputs: dict, n: int, gate_names: list[str]) -> tuple[list[d
                 "gate_saturation": gate_saturation,
             }
             if gates is not None and picked:
-                g = gates[0, :n, d][:, idx]  # [n, G', H]
-                means = g.mean(axis=2)  # [n, G']
-                saturated = ((g < SATURATION_LOW) | (g > SATURATION_HIGH)).mean(axis=2)
-                for col, (_, name) in enumerate(picked):
-                    gate_mean[name] = _r(means[:, col])
-                    gate_saturation[name] = _r(saturated[:, col])
-                    overall.setdefault(name, []).append((float(means[:, col].mean()), float(saturated[:, col].mean())))
+                for gi, name in picked:  # views of one gate [n, H], not a copy of all of them
+                    g = gates[0, :n, d, gi]
+                    means = g.mean(axis=1)
+                    saturated = np.count_nonzero((g < SATURATION_LOW) | (g > SATURATION_HIGH), axis=1) / g.shape[1]
+                    gate_mean[name] = _r(means)
+                    gate_saturation[name] = _r(saturated)
+                    overall.setdefault(name, []).append((float(means.mean()), float(saturated.mean())))
             reports.append(entry)
         layer += 1
     return reports, overall

@@ -63,6 +63,7 @@ class ModelRegistry:
             providers=settings.providers or None,
             intra_op_threads=settings.intra_op_threads,
             inter_op_threads=settings.inter_op_threads,
+            diagnostics_threads=settings.diagnostics_threads,
         )
 
     @classmethod

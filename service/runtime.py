@@ -126,6 +126,7 @@ class ModelRuntime:
         intra_op_threads: int = 0,
         inter_op_threads: int = 0,
         verify: bool = True,
+        diagnostics_threads: int | None = None,
     ):
         self.directory = Path(directory)
         self.manifest = load_manifest(self.directory, verify=verify)
@@ -162,6 +163,8 @@ class ModelRuntime:
         opts.enable_cpu_mem_arena = False
         self.providers = select_providers(providers, ort.get_available_providers())
         self.session = self._session("model.onnx", opts)
+        if diagnostics_threads is not None:
+            opts.intra_op_num_threads = diagnostics_threads
         self.diagnostics_session = self._session("diagnostics.onnx", opts)
         self.provider = self.session.get_providers()[0]
         self.diagnostic_outputs = [o.name for o in self.diagnostics_session.get_outputs()]

@@ -20,6 +20,7 @@ Exit status:
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import signal
@@ -32,7 +33,7 @@ from service.app import create_app
 from service.artifacts import ArtifactError
 from service.http_limits import uvicorn_config
 from service.registry import ModelRegistry
-from service.runtime import ProviderError
+from service.runtime import ProviderError, release_freed_memory
 from service.settings import Settings
 from service.workers import Supervisor, WorkerOptions, bind_socket, usable_cores
 
@@ -87,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     workers = settings.workers or usable_cores()
     if workers > 1:
         del registry  # each worker loads its own; this copy only proved the artifacts good
+        gc.collect()  # its sessions are freed now, not at some later collection, and their memory returned
+        release_freed_memory()
         if settings.intra_op_threads == 0:  # "every core" per process would make N processes fight over them
             os.environ["SENTIMENT_INTRA_OP_THREADS"] = str(max(1, usable_cores() // workers))
         options = WorkerOptions({**overrides, "workers": workers}, args.log_level, args.graceful_timeout, workers)
