@@ -8,8 +8,8 @@ request (py-spy under wrk); the model's work is a fraction of it. Here each of t
 What it takes is narrow, and everything else goes down the normal stack untouched, so every error keeps its exact
 status, code and message: a request qualifies when it is a POST to /v1/sentiment with `Content-Type:
 application/json`, a declared Content-Length within `COUNTED_JSON_BYTES` and the body limit, no `Origin` header
-(CORS is the stack's), no API keys configured (their verdicts and 401s are the stack's) and its body arrives and
-validates as a `SentimentRequest`. A body that does not validate is replayed to the stack, which answers its 422.
+(CORS is the stack's), a valid API key when keys are configured (a missing or wrong one gets the stack's 401, its
+body unread) and its body arrives and validates as a `SentimentRequest`. A body that does not validate is replayed to the stack, which answers its 422.
 Once validated, the request is the route's own (`service.routes.sentiment.score_one`): the scoring core's errors
 answer in the one error shape with the status `service.errors` assigns, an unexpected one is logged and is a 500,
 the security headers are those of `SecurityHeadersMiddleware`, and the request is counted in the same metrics.
@@ -22,8 +22,10 @@ import time
 
 import orjson
 from pydantic import ValidationError
+from starlette.datastructures import Headers
 
 from service import exceptions as ex
+from service.auth import key_verdict
 from service.errors import INTERNAL_ERROR, ApiError, as_api_error, error_body, replaying
 from service.http_limits import BodyBudget
 from service.routes.sentiment import COUNTED_JSON_BYTES
@@ -57,7 +59,10 @@ class FastLane:
                 length = value.isdigit() and int(value) <= self.max_bytes
             elif name == b"origin" or name == b"transfer-encoding":
                 return False
-        return json and length and not self.state.settings.api_keys
+        if not (json and length):
+            return False
+        keys = self.state.settings.api_keys
+        return not keys or key_verdict(Headers(scope=scope), keys) == "ok"  # a missing or wrong key: the stack's 401
 
     async def __call__(self, scope, receive, send):
         if not self._qualifies(scope):

@@ -31,6 +31,7 @@ from service.tokenization import Encoded, Truncation
 from service.trust import TrustPolicy
 
 TOKENIZER_THREADS = 2
+WATCH_AFTER_S = 0.05  # see _unless_gone
 INLINE_CHARS = 512
 Where = Callable[[int], str]  # item index -> how the client names it ("text", "items[3].text", "inputs[0]")
 Gone = Callable[[], Awaitable[None]] | None  # returns when the client has left; None: never asked
@@ -98,29 +99,50 @@ class Tokenizing:
         return out
 
 
-async def _unless_gone(gone: Gone, work: Awaitable):
+async def _unless_gone(gone: Gone, work: Awaitable, watch_after: float = 0.0):
     """`work`'s result, or ClientGone if the client left first. Cancelling `work` gives its queue slots back (see
-    MicroBatcher.submit) or stops diagnostics before their next text."""
+    MicroBatcher.submit) or stops diagnostics before their next text.
+
+    The client is watched from the start, or once the work has taken `watch_after` seconds: plain scoring passes
+    WATCH_AFTER_S, since most of its requests are answered sooner and a watch (a task reading the connection) was
+    a tenth of the event loop's time per short request; cancellation matters when the queue is long, and then every
+    wait is longer than that. Diagnostics, seconds of work for a batch, are watched at once. The watch cancels this
+    request's own task, so the work needs no task of its own."""
     if gone is None:
         return await work
-    watch = asyncio.ensure_future(gone())
-    await asyncio.sleep(0)  # a connection already closed is noticed here (one step), before any work starts
-    if watch.done():
-        if asyncio.iscoroutine(work):
-            work.close()
-        raise ClientGone("the client closed the connection before its work started")
-    task = asyncio.ensure_future(work)
-    # When the client leaves, the watch cancels the work; awaiting it returns once its clean-up has run. (A callback
-    # instead of asyncio.wait + gather: those were a tenth of the event loop's time per short request.)
-    watch.add_done_callback(lambda w: w.cancelled() or task.cancel())
+    loop = asyncio.get_running_loop()
+    me = asyncio.current_task()
+    watch: asyncio.Task | None = None
+    finished = left = False
+
+    def on_gone(w: asyncio.Task) -> None:
+        nonlocal left
+        if not finished and not w.cancelled() and me is not None:
+            left = True
+            me.cancel()
+
+    def start_watch() -> None:
+        nonlocal watch
+        watch = loop.create_task(gone())
+        watch.add_done_callback(on_gone)
+
+    timer = loop.call_later(watch_after, start_watch) if watch_after > 0 else None
+    if timer is None:
+        start_watch()
     try:
-        return await task
+        return await work
     except asyncio.CancelledError:
-        if watch.done() and not watch.cancelled():
-            raise ClientGone("the client closed the connection before its result was ready") from None
-        raise  # this request itself was cancelled
+        if not left:
+            raise  # this request itself was cancelled
+        if me is not None and hasattr(me, "uncancel"):  # Python 3.11+: this cancellation was ours, not the server's
+            me.uncancel()
+        raise ClientGone("the client closed the connection before its result was ready") from None
     finally:
-        watch.cancel()
+        finished = True
+        if timer is not None:
+            timer.cancel()
+        if watch is not None:
+            watch.cancel()
 
 
 @dataclass
@@ -196,7 +218,7 @@ class ScoringCore:
         for i, enc in enumerate(encoded):
             if enc.num_tokens == 0:
                 raise no_tokens(where(i))
-        probs = await _unless_gone(gone, self.batcher_for(rt).submit(encoded))
+        probs = await _unless_gone(gone, self.batcher_for(rt).submit(encoded), WATCH_AFTER_S)
         for enc, row in zip(encoded, probs):
             self.metrics.observe_text(rt.name, float(row[rt.positive]), self._unknown(rt, enc))
         return probs

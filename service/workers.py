@@ -90,8 +90,8 @@ class WorkerApp:
             return await self.app(scope, self._lifespan_receive(receive), self._lifespan_send(send))
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        waiting = sum(1 for flag in self.ready[:] if flag != READY)
-        if scope["path"] == "/readyz" and waiting:
+        # (Read only for /readyz: the shared flags sit behind a lock between processes.)
+        if scope["path"] == "/readyz" and (waiting := sum(1 for flag in self.ready[:] if flag != READY)):
             body = json.dumps(
                 {"error": {"code": "not_ready", "message": f"{waiting} of {len(self.ready)} workers not ready yet"}}
             ).encode()

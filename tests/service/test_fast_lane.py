@@ -161,3 +161,34 @@ def test_what_the_lane_leaves_to_the_stack_reaches_it_with_its_body(headers, bud
     else:
         assert seen == [] and sent[1]["body"] == b'{"text":"a fine film"}'
     assert lane.budget.used == 0  # its bytes came back either way
+
+
+def test_with_api_keys_the_lane_takes_a_valid_key_and_the_stack_answers_the_rest(make_client, monkeypatch):
+    key = "k" * 16
+    cases = {
+        "valid": {"x-api-key": key},
+        "bearer": {"authorization": f"Bearer {key}"},
+        "missing": {},
+        "wrong": {"x-api-key": "w" * 16},
+    }
+    taken = []
+    answer = FastLane._answer
+
+    async def spy(self, scope, receive, send, message, start):
+        taken.append(dict(scope["headers"]).get(b"x-api-key", b"bearer").decode())
+        return await answer(self, scope, receive, send, message, start)
+
+    monkeypatch.setattr(FastLane, "_answer", spy)
+    answers = {}
+    for lane in (True, False):
+        with make_client(fast_lane=lane, api_keys=[key]) as client:
+            answers[lane] = {name: _post(client, {**JSON, **headers}, {"text": "great"}) for name, headers in cases.items()}
+    assert taken == [key, "bearer"]
+    for name in cases:
+        fast, full = answers[True][name], answers[False][name]
+        assert (fast.status_code, fast.json(), fast.headers.get("www-authenticate")) == (
+            full.status_code,
+            full.json(),
+            full.headers.get("www-authenticate"),
+        ), name
+    assert [answers[True][name].status_code for name in cases] == [200, 200, 401, 401]

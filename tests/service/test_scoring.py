@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import pytest
 
@@ -13,7 +14,7 @@ from service.errors import STATUS, as_api_error
 from service.metrics import Metrics
 from service.registry import ModelRegistry
 from service.reload import start_batcher
-from service.scoring import ScoringCore
+from service.scoring import ScoringCore, _unless_gone
 
 
 @pytest.fixture()
@@ -108,3 +109,62 @@ def test_every_core_error_has_one_http_status():
 def test_the_registry_raises_the_core_error_not_an_http_one(core):
     with pytest.raises(exceptions.UnknownModel, match="nope"):
         core.model("nope")
+
+
+# -- the client-gone watch --------------------------------------------------------------------------------------------
+def _gone_after(seconds: float):
+    async def gone() -> None:
+        await asyncio.sleep(seconds)
+
+    return gone
+
+
+async def _work(seconds: float, log: list):
+    try:
+        await asyncio.sleep(seconds)
+        return "result"
+    except asyncio.CancelledError:
+        log.append("cleaned up")
+        raise
+
+
+@pytest.mark.parametrize("watch_after", [0.0, 0.05])
+def test_a_client_that_leaves_stops_its_work_and_the_request_is_not_left_cancelled(watch_after):
+    async def scenario():
+        log: list = []
+        with pytest.raises(exceptions.ClientGone):
+            await _unless_gone(_gone_after(0.0), _work(5, log), watch_after)
+        # The cancellation was the watch's: the request can go on (answer 499) without being cancelled again.
+        return log, asyncio.current_task().cancelling()
+
+    started = time.monotonic()
+    log, cancelling = asyncio.run(scenario())
+    assert log == ["cleaned up"] and cancelling == 0
+    assert watch_after <= time.monotonic() - started < 1
+
+
+def test_work_done_before_the_watch_starts_is_answered_even_if_the_client_left():
+    async def scenario():
+        started = []
+
+        async def gone():
+            started.append(True)
+
+        result = await _unless_gone(gone, _work(0.0, []), watch_after=0.05)
+        await asyncio.sleep(0.1)  # the watch's timer was cancelled with the answer: it never runs
+        return result, started
+
+    assert asyncio.run(scenario()) == ("result", [])
+
+
+def test_a_request_cancelled_by_the_server_stays_cancelled():
+    async def scenario():
+        log: list = []
+        request = asyncio.ensure_future(_unless_gone(_gone_after(5), _work(5, log), 0.0))
+        await asyncio.sleep(0.01)
+        request.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await request
+        return log
+
+    assert asyncio.run(scenario()) == ["cleaned up"]
