@@ -9,10 +9,11 @@ What it takes is narrow, and everything else goes down the normal stack untouche
 status, code and message: a request qualifies when it is a POST to /v1/sentiment with `Content-Type:
 application/json`, a declared Content-Length within `COUNTED_JSON_BYTES` and the body limit, no `Origin` header
 (CORS is the stack's), a valid API key when keys are configured (a missing or wrong one gets the stack's 401, its
-body unread), tracing off, and its body arrives and validates as a `SentimentRequest`. A body that does not validate
-is replayed to the stack, which answers its 422. Once validated, the request is the route's own (`service.routes.sentiment.score_one`): the scoring core's errors
-answer in the one error shape with the status `service.errors` assigns, an unexpected one is logged and is a 500,
-the security headers are those of `SecurityHeadersMiddleware`, and the request is counted in the same metrics.
+body unread), tracing off, and its body arrives and validates as a `SentimentRequest`. A body that does not
+validate is replayed to the stack, which answers its 422. Once validated, the request is the route's own
+(`service.routes.sentiment.score_one`): the scoring core's errors answer in the one error shape with the status
+`service.errors` assigns, an unexpected one is logged and is a 500, the security headers are those of
+`SecurityHeadersMiddleware`, and the request is counted in the same metrics.
 """
 
 from __future__ import annotations
