@@ -123,7 +123,7 @@ async def _unless_gone(gone: Gone, work: Awaitable, watch_after: float = 0.0):
 
     def start_watch() -> None:
         nonlocal watch
-        watch = loop.create_task(gone())
+        watch = asyncio.ensure_future(gone())
         watch.add_done_callback(on_gone)
 
     timer = loop.call_later(watch_after, start_watch) if watch_after > 0 else None
