@@ -193,7 +193,7 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = Headers(scope=scope)
-        if self.api_keys:
+        if self.api_keys and VERDICT not in scope:  # (the fast lane may have judged the key already)
             scope[VERDICT] = key_verdict(headers, self.api_keys)
         if scope["method"] in ("GET", "HEAD", "OPTIONS", "DELETE"):
             return await self.app(scope, receive, send)

@@ -26,7 +26,7 @@ from pydantic import ValidationError
 from starlette.datastructures import Headers
 
 from service import exceptions as ex
-from service.auth import key_verdict
+from service.auth import VERDICT, key_verdict
 from service.errors import INTERNAL_ERROR, ApiError, as_api_error, error_body, replaying
 from service.http_limits import BodyBudget
 from service.routes.sentiment import COUNTED_JSON_BYTES
@@ -63,7 +63,10 @@ class FastLane:
         if not (json and length):
             return False
         keys = self.state.settings.api_keys
-        return not keys or key_verdict(Headers(scope=scope), keys) == "ok"  # a missing or wrong key: the stack's 401
+        if not keys:
+            return True
+        scope[VERDICT] = key_verdict(Headers(scope=scope), keys)  # kept for the stack: each key is compared once
+        return scope[VERDICT] == "ok"  # a missing or wrong key: the stack's 401
 
     async def __call__(self, scope, receive, send):
         if not self._qualifies(scope):
