@@ -31,6 +31,7 @@ HTTP_LAYER = {
     "service.ray_serve",
     "service.workers",
     "service.docs",
+    "service.fast_lane",
 }
 WEB_FRAMEWORK = ("fastapi", "starlette", "uvicorn")
 TRAINING_ONLY = ("training", "torch", "onnx", "gensim", "sklearn")  # `onnx` is the train extra; onnxruntime is not
