@@ -75,19 +75,19 @@ class FastLane:
         message = await receive()
         if message["type"] != "http.request" or message.get("more_body", False):
             return await self.app(scope, replaying(message, receive), send)
+        try:
+            request = SentimentRequest.model_validate_json(message["body"])
+        except ValidationError:  # the stack answers the 422 (its body limit counts the bytes then)
+            return await self.app(scope, replaying(message, receive), send)
         held = len(message["body"])
         if not self.budget.take(held):  # the stack's body limit answers the 503
             return await self.app(scope, replaying(message, receive), send)
         try:
-            await self._answer(scope, receive, send, message, start)
+            await self._answer(request, receive, send, start)
         finally:
             self.budget.give_back(held)
 
-    async def _answer(self, scope, receive, send, message, start) -> None:
-        try:
-            request = SentimentRequest.model_validate_json(message["body"])
-        except ValidationError:
-            return await self.app(scope, replaying(message, receive), send)
+    async def _answer(self, request: SentimentRequest, receive, send, start: float) -> None:
         status, headers = 200, None
         try:
             body = orjson.dumps(await self.score_one(self.state, request, receive))
