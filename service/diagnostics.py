@@ -87,13 +87,14 @@ def _layer_reports(outputs: dict, n: int, gate_names: list[str]) -> tuple[list[d
                 "gate_saturation": gate_saturation,
             }
             if gates is not None and picked:
-                for gi, name in picked:  # views of one gate [n, H], not a copy of all of them
-                    g = gates[0, :n, d, gi]
-                    means = g.mean(axis=1)
-                    saturated = np.count_nonzero((g < SATURATION_LOW) | (g > SATURATION_HIGH), axis=1) / g.shape[1]
-                    gate_mean[name] = _r(means)
-                    gate_saturation[name] = _r(saturated)
-                    overall.setdefault(name, []).append((float(means.mean()), float(saturated.mean())))
+                # All gates in one pass each over [n, G, H] (a view: no copy), then the reported ones picked.
+                g = gates[0, :n, d]
+                means = g.mean(axis=2)  # [n, G]
+                saturated = np.count_nonzero((g < SATURATION_LOW) | (g > SATURATION_HIGH), axis=2) / g.shape[2]
+                for gi, name in picked:
+                    gate_mean[name] = _r(means[:, gi])
+                    gate_saturation[name] = _r(saturated[:, gi])
+                    overall.setdefault(name, []).append((float(means[:, gi].mean()), float(saturated[:, gi].mean())))
             reports.append(entry)
         layer += 1
     return reports, overall
