@@ -78,8 +78,9 @@ def test_the_lane_answers_every_kind_of_request_as_the_full_stack(make_client):
     }
 
 
-def test_the_lane_takes_the_well_formed_requests_and_only_those(make_client, monkeypatch):
-    taken = []
+def _record_taken(monkeypatch) -> list[str]:
+    """The texts of the requests the lane answers itself, in order."""
+    taken: list[str] = []
     answer = FastLane._answer
 
     async def spy(self, request, receive, send, start):
@@ -87,6 +88,11 @@ def test_the_lane_takes_the_well_formed_requests_and_only_those(make_client, mon
         return await answer(self, request, receive, send, start)
 
     monkeypatch.setattr(FastLane, "_answer", spy)
+    return taken
+
+
+def test_the_lane_takes_the_well_formed_requests_and_only_those(make_client, monkeypatch):
+    taken = _record_taken(monkeypatch)
     with make_client() as client:
         assert _post(client, JSON, {"text": "taken"}).status_code == 200
         assert _post(client, {"content-type": "text/plain"}, {"text": "not taken"}).status_code == 422
@@ -171,14 +177,7 @@ def test_with_api_keys_the_lane_takes_a_valid_key_and_the_stack_answers_the_rest
         "missing": {},
         "wrong": {"x-api-key": "w" * 16},
     }
-    taken = []
-    answer = FastLane._answer
-
-    async def spy(self, request, receive, send, start):
-        taken.append(request.text)
-        return await answer(self, request, receive, send, start)
-
-    monkeypatch.setattr(FastLane, "_answer", spy)
+    taken = _record_taken(monkeypatch)
     answers = {}
     for lane in (True, False):
         with make_client(fast_lane=lane, api_keys=[key]) as client:
