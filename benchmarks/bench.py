@@ -202,8 +202,8 @@ def http_bench(model_root: Path, model: str, long: list[str], short: list[str], 
         }
         out["wrk"] = wrk_bench.http_loads(server, model, {"long": long, "short": short}, seconds)
         out["diagnostics_vs_plain_c1"] = asyncio.run(diagnostics_vs_plain(server.base, long, model, DIAG_N))
-        out["rss_mb_after_load"] = wrk_bench.tree_rss_mb(server.proc.pid)
         out["memory_mb_after_load"] = wrk_bench.worker_memory_mb(server.proc.pid)
+        out["rss_mb_after_load"] = out["memory_mb_after_load"]["total_rss"]
         # A worker hands memory its model freed back to the OS after RELEASE_AFTER_S idle (service/batching.py).
         time.sleep(RELEASE_AFTER_S + 1)
         out["memory_mb_idle_after_load"] = wrk_bench.worker_memory_mb(server.proc.pid)

@@ -128,15 +128,7 @@ def descendants(pid: int) -> list[int]:
 
 def tree_rss_mb(pid: int) -> float:
     """Resident memory of a process and all below it (several workers, when the server runs them)."""
-    total = 0.0
-    for p in descendants(pid):
-        try:
-            status = Path(f"/proc/{p}/status").read_text()
-        except FileNotFoundError:
-            continue
-        match = re.search(r"VmRSS:\s+(\d+) kB", status)
-        total += int(match.group(1)) / 1024 if match else 0
-    return total
+    return worker_memory_mb(pid)["total_rss"]
 
 
 def worker_memory_mb(pid: int) -> dict:

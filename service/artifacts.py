@@ -27,6 +27,11 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+def file_entry(path: Path) -> dict:
+    """A file's entry in the manifest's `files`: what `load_manifest(verify=True)` checks."""
+    return {"sha256": sha256_of(path), "bytes": path.stat().st_size}
+
+
 def discover(root: str | Path) -> list[Path]:
     """Artifact directories under `root` (or `root` itself when it holds a manifest), sorted by name."""
     root = Path(root)

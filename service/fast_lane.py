@@ -29,18 +29,13 @@ from service import exceptions as ex
 from service.auth import VERDICT, key_verdict
 from service.errors import INTERNAL_ERROR, ApiError, as_api_error, error_body, replaying
 from service.http_limits import BodyBudget
-from service.routes.sentiment import COUNTED_JSON_BYTES
+from service.routes.sentiment import COUNTED_JSON_BYTES, json_content_type
 from service.schemas import SentimentRequest
-from service.security_headers import PAGE_CSP
+from service.security_headers import PAGE_CSP, security_headers
 
 log = logging.getLogger("sentiment.fast_lane")
 PATH = "/v1/sentiment"
-_HEADERS = [
-    (b"content-type", b"application/json"),
-    (b"x-content-type-options", b"nosniff"),
-    (b"x-frame-options", b"DENY"),
-    (b"content-security-policy", PAGE_CSP.encode()),
-]
+_HEADERS = [(b"content-type", b"application/json"), *security_headers(PAGE_CSP)]
 
 
 class FastLane:
@@ -54,8 +49,7 @@ class FastLane:
         length = json = False
         for name, value in scope["headers"]:
             if name == b"content-type":
-                v = value.lower()
-                json = v == b"application/json" or v.startswith(b"application/json;")
+                json = json_content_type(value)
             elif name == b"content-length":
                 length = value.isdigit() and int(value) <= self.max_bytes
             elif name == b"origin" or name == b"transfer-encoding":
@@ -104,6 +98,4 @@ class FastLane:
             await send({"type": "http.response.start", "status": status, "headers": out})
             await send({"type": "http.response.body", "body": body})
         finally:  # counted like MetricsMiddleware counts, even if sending failed
-            labels = (PATH, "POST", str(status))
-            self.state.metrics.requests.labels(*labels).inc()
-            self.state.metrics.latency.labels(*labels).observe(time.perf_counter() - start)
+            self.state.metrics.observe_request(PATH, "POST", status, time.perf_counter() - start)

@@ -86,6 +86,11 @@ class Metrics:
             multiprocess_mode="livemax",
         )
 
+    def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        labels = (route, method, str(status))
+        self.requests.labels(*labels).inc()
+        self.latency.labels(*labels).observe(seconds)
+
     def observe_text(self, model: str, score: float, unknown_share: float) -> None:
         self.score.labels(model).observe(score)
         self.unknown_share.labels(model).observe(unknown_share)
@@ -140,6 +145,4 @@ class MetricsMiddleware:
                 # No answer started: the client left first (an abandoned upload: 499, as for a request abandoned
                 # while queued), or the app failed before answering (500).
                 status = 499 if client_left else 500
-            labels = (self._route(scope), scope["method"], str(status))
-            self.metrics.requests.labels(*labels).inc()
-            self.metrics.latency.labels(*labels).observe(time.perf_counter() - start)
+            self.metrics.observe_request(self._route(scope), scope["method"], status, time.perf_counter() - start)

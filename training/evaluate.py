@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from service.artifacts import sha256_of
+from service.artifacts import file_entry
 from service.runtime import ModelRuntime
 from training import faithfulness, model_card
 from training.baselines import tfidf_baseline
@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     (run / "evaluation.md").write_text(notes)
     model_card.write(art, manifest, notes=run / "evaluation.md")
     card = art / "MODEL_CARD.md"
-    manifest["files"]["MODEL_CARD.md"] = {"sha256": sha256_of(card), "bytes": card.stat().st_size}
+    manifest["files"]["MODEL_CARD.md"] = file_entry(card)
     manifest["evaluation"] = {
         "probes": probe["overall"],
         "probe_categories": {k: v["pass_rate"] for k, v in probe["categories"].items()},

@@ -25,7 +25,7 @@ import onnx
 import torch
 
 from service import contract
-from service.artifacts import sha256_of
+from service.artifacts import file_entry
 from training import model_card
 from training.cells import GATE_NAMES
 from training.config import ModelConfig, TrainConfig
@@ -139,7 +139,7 @@ def export_model(
     )
     model_card.write(out, manifest.to_dict(), comparison, notes)
     manifest.files = {
-        p.name: contract.FileEntry(sha256=sha256_of(p), bytes=p.stat().st_size)
+        p.name: contract.FileEntry(**file_entry(p))
         for p in sorted(out.iterdir())
         if p.is_file() and p.name != contract.MANIFEST_FILE
     }

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from service.artifacts import ArtifactError, load_manifest, sha256_of
+from service.artifacts import ArtifactError, file_entry, load_manifest
 from training.onnx_graph import externalize
 
 GRAPHS = ("model.onnx", "diagnostics.onnx")
@@ -158,11 +158,7 @@ def quantize_artifact(
         "measure this variant with `--evaluate`.\n",
         encoding="utf-8",
     )
-    new["files"] = {
-        p.name: {"sha256": sha256_of(p), "bytes": p.stat().st_size}
-        for p in sorted(out.iterdir())
-        if p.is_file() and p.name != "manifest.json"
-    }
+    new["files"] = {p.name: file_entry(p) for p in sorted(out.iterdir()) if p.is_file() and p.name != "manifest.json"}
     (out / "manifest.json").write_text(json.dumps(new, indent=2) + "\n")
     return new
 
@@ -303,7 +299,7 @@ def record_evaluation(out: Path, report: dict) -> None:
         "fp32_accuracy": fp["accuracy"],
         **{k: report[k] for k in keep},
     }
-    manifest["files"]["MODEL_CARD.md"] = {"sha256": sha256_of(card), "bytes": card.stat().st_size}
+    manifest["files"]["MODEL_CARD.md"] = file_entry(card)
     manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
 
 
