@@ -88,6 +88,10 @@ class TrainConfig:
     self_training: bool = False
     pseudo_margin: float = 0.3
     pseudo_per_epoch: int = 20_000
+    # Adversarial training (training/adversarial.py, Miyato et al. 2016): each batch also trains on its embeddings
+    # perturbed by eps (in embedding standard deviations, L2 over the review) along the loss gradient. Twice the
+    # compute per step. 0 = off.
+    adversarial_eps: float = 0.0
     # NBSVM fit of the n-gram branch: inverse L2 strength of the logistic regression (sklearn's C)
     negation_window: int = 3  # tokens after a negator whose unigram becomes "NOT_word" (0: off)
     ngram_c: float = 0.03  # grouped validation, counts features: C=0.03 gave 0.9128 alone

@@ -64,12 +64,13 @@ class RecurrentClassifier(nn.Module):
             # identity until then, so training the network alone sees its own logits.
             self.register_buffer("mix", torch.tensor([1.0, 0.0, 0.0]))
 
-    def encode(self, ids: torch.Tensor, lengths: torch.Tensor) -> list[torch.Tensor]:
-        """Per-layer outputs [B, T, D*H], zero past each length."""
+    def encode(self, ids: torch.Tensor, lengths: torch.Tensor, embedded: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """Per-layer outputs [B, T, D*H], zero past each length. `embedded` replaces the embedding lookup of `ids`
+        (adversarial training perturbs it: training/adversarial.py)."""
         steps = ids.shape[1]
         mask = (torch.arange(steps, device=ids.device)[None, :] < lengths[:, None]).unsqueeze(-1)
         rev = reverse_index(lengths, steps) if self.cfg.bidirectional else None
-        x = self.embedding(ids)
+        x = self.embedding(ids) if embedded is None else embedded
         # Dropout1d drops whole embedding channels: [B, T, E] -> treat E as channels.
         x = self.embedding_dropout(x.transpose(1, 2)).transpose(1, 2)
         outputs = []
@@ -94,9 +95,9 @@ class RecurrentClassifier(nn.Module):
         mx = x.masked_fill(~mask, float("-inf")).amax(1)
         return mx if pooling == "max" else torch.cat([mean, mx], dim=1)
 
-    def rnn_logits(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    def rnn_logits(self, ids: torch.Tensor, lengths: torch.Tensor, embedded: torch.Tensor | None = None) -> torch.Tensor:
         """The recurrent part's logits [B, num_labels]."""
-        return self.head(self.dropout(self.pool(self.encode(ids, lengths)[-1], lengths)))
+        return self.head(self.dropout(self.pool(self.encode(ids, lengths, embedded)[-1], lengths)))
 
     def ngram_score(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """The n-gram branch's positive log-odds contribution [B]: the sum of every position's n-gram weights."""

@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from service.contract import TRUNCATIONS
 from service.tokenization import TextTokenizer
+from training.adversarial import adversarial_step
 from training.augment import augmentation
 from training.batches import batches, sentence_crops, sentence_enders
 from training.calibration import expected_calibration_error, fit_temperature
@@ -116,6 +117,7 @@ RESUME_OVERRIDES = (
     "self_training",
     "pseudo_margin",
     "pseudo_per_epoch",
+    "adversarial_eps",
 )
 
 
@@ -181,10 +183,14 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
             dynamic_ncols=True,
         )
         for x, lengths, y in bar:
-            logits = model.rnn_logits(x, lengths)
-            loss = F.cross_entropy(logits, y)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            if cfg.adversarial_eps:
+                logits, _ = adversarial_step(model, x, lengths, y, cfg.adversarial_eps)
+                loss = F.cross_entropy(logits, y)  # the clean loss, for the log
+            else:
+                logits = model.rnn_logits(x, lengths)
+                loss = F.cross_entropy(logits, y)
+                loss.backward()
             # Clipping bounds the exploding-gradient steps of long recurrences; the norm is logged either way.
             norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm if cfg.clip_norm > 0 else 1e12)
             grad_norms.append(float(norm))
