@@ -6,8 +6,12 @@ learns that "Not bad at all!" is negative. Two kinds of counterfactual examples 
 2020, "Learning the difference that makes a difference") fix the phrase-level reading without new data:
 
 - negation: a one-sentence crop whose only strongly polar word (by naive-Bayes log-count ratio on the training
-  split) agrees with its review's label keeps that label; the same crop with "not" / "never" inserted before the word
-  gets the opposite label ("The acting was bad." -> "The acting was not bad." positive).
+  split) agrees with its review's label keeps that label; the same crop with "not" / "never" inserted gets the
+  opposite label. Where it goes depends on what precedes the word: after a copula or degree word ("The acting was
+  bad." -> "The acting was not bad." positive), before an article that follows one ("It was a waste of time." ->
+  "It was not a waste of time."), or after a modal ("You will be disappointed." -> "You will not be disappointed.",
+  "I would recommend it." -> "I would not recommend it." negative), so nouns and verbs are negated too, not only
+  adjectives (the last two with `--negation-phrases`).
 - contrast: two such crops of opposite polarity joined by ", but" take the second one's label ("The plot is dull,
   but the cast is wonderful." -> positive), the discourse role of "but".
 Everything works on token ids of the training split only.
@@ -59,18 +63,34 @@ def _sentences(row: np.ndarray, enders: np.ndarray, max_tokens: int) -> list[np.
     return [row[a:b] for a, b in zip(bounds[:-1], bounds[1:]) if 4 <= b - a <= max_tokens]
 
 
+def insertion_point(sent: np.ndarray, pos: int, cues: set[int], articles: set[int], modals: set[int], be: int) -> int:
+    """Where a negator reads naturally for the polar word at `pos`, or -1: after a modal ("would | recommend",
+    "will | be disappointed"), after a cue ("was | dull"), or after a cue and before an article ("was | a waste")."""
+    before = [int(t) for t in sent[max(0, pos - 2) : pos]]
+    if before and before[-1] in modals:
+        return pos
+    if len(before) == 2 and before[0] in modals and before[1] == be:
+        return pos - 1
+    if before and before[-1] in cues:
+        return pos
+    if len(before) == 2 and before[0] in cues and before[1] in articles:
+        return pos - 1
+    return -1
+
+
 def polar_sentences(
     ids: list[np.ndarray],
     labels: list[int],
     lexicon: dict[int, int],
     enders: np.ndarray,
     negators: set[int],
-    cues: set[int],
+    grammar: dict,
     rng: np.random.Generator,
     limit: int,
     max_tokens: int = 20,
 ) -> list[tuple[np.ndarray, int, int]]:
-    """(sentence, position of its one polar word, polarity) from reviews whose label agrees with the word."""
+    """(sentence, where to insert a negator, polarity) from reviews whose label agrees with the sentence's one polar
+    word. `grammar`: the id sets insertion_point reads ("cues", "articles", "modals") and the id of "be"."""
     out: list[tuple[np.ndarray, int, int]] = []
     for i in rng.permutation(len(ids)):
         for sent in _sentences(ids[i], enders, max_tokens):
@@ -78,22 +98,25 @@ def polar_sentences(
             if len(hits) != 1:
                 continue
             pos, polarity = hits[0]
-            # the word right after a cue ("was dull"), so the inserted negator reads naturally ("was not dull")
+            at = insertion_point(sent, pos, **grammar)
+            # an existing negator just before the word (one token further for the phrase patterns, which reach back
+            # to a modal or a copula two tokens away) would make the "negated" copy a double negation
+            lookback = 4 if grammar["modals"] else 3
             if (
-                pos == 0
-                or int(sent[pos - 1]) not in cues
+                at < 0
                 or (polarity == 1) != (labels[i] == 1)
-                or any(int(t) in negators for t in sent[max(0, pos - 3) : pos])
+                or any(int(t) in negators for t in sent[max(0, pos - lookback) : pos])
             ):
                 continue
-            out.append((sent, pos, polarity))
+            out.append((sent, at, polarity))
             if len(out) >= limit:
                 return out
     return out
 
 
 def negation_examples(sentences, insert_ids: list[int], rng: np.random.Generator) -> tuple[list, list]:
-    """Each sentence with its label, and its negated counterfactual with the opposite label."""
+    """Each sentence with its label, and its negated counterfactual (a negator inserted at the sentence's insertion
+    point) with the opposite label."""
     xs, ys = [], []
     for sent, pos, polarity in sentences:
         negated = np.concatenate([sent[:pos], [insert_ids[int(rng.integers(len(insert_ids)))]], sent[pos:]])
@@ -118,20 +141,29 @@ def contrast_examples(sentences, comma: int, but: int, rng: np.random.Generator,
 
 
 def augmentation(
-    train_ids: list[np.ndarray], train_y: list[int], vocab: dict[str, int], count: int, seed: int
+    train_ids: list[np.ndarray], train_y: list[int], vocab: dict[str, int], count: int, seed: int, phrases: bool = False
 ) -> tuple[list[np.ndarray], list[int]]:
-    """About `count` negation pairs' worth of examples plus count // 2 contrast examples for one epoch."""
+    """About `count` negation pairs' worth of examples plus count // 2 contrast examples for one epoch. `phrases`:
+    also negate nouns after an article and verbs after a modal (otherwise only words after a copula or degree word,
+    the recipe 2.2.0 was trained with)."""
     if count <= 0:
         return [], []
     rng = np.random.default_rng(seed)
-    cues = [vocab[w] for w in ("is", "was", "are", "were", "be", "very", "so", "too", "quite", "really") if w in vocab]
+
+    def ids(*words: str) -> list[int]:
+        return [vocab[w] for w in words if w in vocab]
+
+    cues = ids("is", "was", "are", "were", "be", "very", "so", "too", "quite", "really")
+    articles, modals = (ids("a", "an"), ids("will", "would", "can", "could", "should")) if phrases else ([], [])
     # words only: no punctuation or numbers, and no negators ("has not nothing")
     wordlike = np.zeros(len(vocab), bool)
     wordlike[[i for w, i in vocab.items() if w.isalpha() and w not in NEGATORS]] = True
-    lexicon = polar_lexicon(train_ids, train_y, len(vocab), predicative=predicative_words(train_ids, cues, len(vocab)) & wordlike)
-    enders = np.array([vocab[p] for p in (".", "!", "?") if p in vocab], dtype=np.int64)
-    negators = {vocab[w] for w in ("not", "never", "no", "n't") if w in vocab}
-    sentences = polar_sentences(train_ids, train_y, lexicon, enders, negators, set(cues), rng, limit=count)
+    negatable = predicative_words(train_ids, cues + articles + modals, len(vocab)) & wordlike
+    lexicon = polar_lexicon(train_ids, train_y, len(vocab), predicative=negatable)
+    enders = np.array(ids(".", "!", "?"), dtype=np.int64)
+    negators = set(ids("not", "never", "no", "n't"))
+    grammar = {"cues": set(cues), "articles": set(articles), "modals": set(modals), "be": vocab.get("be", -1)}
+    sentences = polar_sentences(train_ids, train_y, lexicon, enders, negators, grammar, rng, limit=count)
     xs, ys = negation_examples(sentences, [vocab[w] for w in ("not", "not", "never") if w in vocab], rng)
     if "," not in vocab or "but" not in vocab:  # tiny vocabularies (tests)
         return xs, ys

@@ -82,6 +82,9 @@ class TrainConfig:
     # Counterfactual negation pairs per epoch (and half as many "A, but B" contrasts), built from training sentences
     # (training/augment.py): review labels alone teach that "not bad" is negative. 0 = off.
     augment: int = 6000
+    # Also negate nouns after an article ("was a waste" -> "was not a waste") and verbs after a modal ("would
+    # recommend" -> "would not recommend"), not only words after a copula.
+    negation_phrases: bool = False
     # Self-training (training/pseudo.py; resumed runs only): the best model so far labels the 50k unlabeled reviews;
     # the n-gram fit takes them all with soft labels, and each epoch adds `pseudo_per_epoch` of those with
     # |P(positive) - 0.5| >= `pseudo_margin` to the network's data with hard labels.

@@ -118,6 +118,7 @@ RESUME_OVERRIDES = (
     "pseudo_margin",
     "pseudo_per_epoch",
     "adversarial_eps",
+    "negation_phrases",
 )
 
 
@@ -164,7 +165,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         model.train()
         start, seen, loss_sum, correct, grad_norms = time.time(), 0, 0.0, 0, []
         crop_ids, crop_y = sentence_crops(train_ids, train_y, enders, cfg.crop_share, cfg.seed + epoch)
-        aug_ids, aug_y = augmentation(train_ids, train_y, vocab, cfg.augment, cfg.seed + epoch)
+        aug_ids, aug_y = augmentation(train_ids, train_y, vocab, cfg.augment, cfg.seed + epoch, cfg.negation_phrases)
         pseudo_ids, pseudo_y = (
             epoch_sample(prepared["pseudo"], cfg.pseudo_margin, cfg.pseudo_per_epoch, cfg.seed + epoch)
             if "pseudo" in prepared
