@@ -27,16 +27,17 @@ def perturbation(grad: torch.Tensor, scale: float) -> torch.Tensor:
 
 def adversarial_step(
     model: RecurrentClassifier, ids: torch.Tensor, lengths: torch.Tensor, y: torch.Tensor, eps: float
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Backward of the clean loss and of the adversarial loss (gradients accumulate in the parameters, ready for
-    the optimiser's step). Returns the clean logits and the adversarial loss."""
+    the optimiser's step). Returns the clean logits, the clean loss and the adversarial loss."""
     embedded = model.embedding(ids)
     embedded.retain_grad()
     logits = model.rnn_logits(ids, lengths, embedded=embedded)
-    F.cross_entropy(logits, y).backward()
+    loss = F.cross_entropy(logits, y)
+    loss.backward()
     scale = eps * float(model.embedding.weight.detach().std())
     r = perturbation(embedded.grad, scale)
     # The embeddings are looked up again so the adversarial loss trains them too (r itself is a constant).
     adv_loss = F.cross_entropy(model.rnn_logits(ids, lengths, embedded=model.embedding(ids) + r), y)
     adv_loss.backward()
-    return logits.detach(), adv_loss.detach()
+    return logits.detach(), loss.detach(), adv_loss.detach()

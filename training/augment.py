@@ -92,6 +92,9 @@ def polar_sentences(
     """(sentence, where to insert a negator, polarity) from reviews whose label agrees with the sentence's one polar
     word. `grammar`: the id sets insertion_point reads ("cues", "articles", "modals") and the id of "be"."""
     out: list[tuple[np.ndarray, int, int]] = []
+    # An existing negator just before the word would make the "negated" copy a double negation; the phrase patterns
+    # reach back to a modal or a copula two tokens away, so they look one token further.
+    lookback = 4 if grammar["modals"] else 3
     for i in rng.permutation(len(ids)):
         for sent in _sentences(ids[i], enders, max_tokens):
             hits = [(p, lexicon[int(t)]) for p, t in enumerate(sent) if int(t) in lexicon]
@@ -99,9 +102,6 @@ def polar_sentences(
                 continue
             pos, polarity = hits[0]
             at = insertion_point(sent, pos, **grammar)
-            # an existing negator just before the word (one token further for the phrase patterns, which reach back
-            # to a modal or a copula two tokens away) would make the "negated" copy a double negation
-            lookback = 4 if grammar["modals"] else 3
             if (
                 at < 0
                 or (polarity == 1) != (labels[i] == 1)
@@ -164,7 +164,7 @@ def augmentation(
     negators = set(ids("not", "never", "no", "n't"))
     grammar = {"cues": set(cues), "articles": set(articles), "modals": set(modals), "be": vocab.get("be", -1)}
     sentences = polar_sentences(train_ids, train_y, lexicon, enders, negators, grammar, rng, limit=count)
-    xs, ys = negation_examples(sentences, [vocab[w] for w in ("not", "not", "never") if w in vocab], rng)
+    xs, ys = negation_examples(sentences, ids("not", "not", "never"), rng)
     if "," not in vocab or "but" not in vocab:  # tiny vocabularies (tests)
         return xs, ys
     cx, cy = contrast_examples(sentences, vocab[","], vocab["but"], rng, count // 2)

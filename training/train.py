@@ -186,8 +186,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         for x, lengths, y in bar:
             opt.zero_grad(set_to_none=True)
             if cfg.adversarial_eps:
-                logits, _ = adversarial_step(model, x, lengths, y, cfg.adversarial_eps)
-                loss = F.cross_entropy(logits, y)  # the clean loss, for the log
+                logits, loss, _ = adversarial_step(model, x, lengths, y, cfg.adversarial_eps)  # the clean loss is logged
             else:
                 logits = model.rnn_logits(x, lengths)
                 loss = F.cross_entropy(logits, y)

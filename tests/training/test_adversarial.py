@@ -56,15 +56,15 @@ def test_the_gradient_direction_hurts_more_than_random_directions_of_the_same_si
 def test_a_step_accumulates_the_clean_and_the_adversarial_gradients():
     model, (ids, lengths, y) = _model(), _batch()
     model.zero_grad()
-    logits, adv_loss = adversarial_step(model, ids, lengths, y, eps=0.0)  # eps 0: the adversarial loss is the clean one
-    clean = F.cross_entropy(logits, y)
+    logits, clean, adv_loss = adversarial_step(model, ids, lengths, y, eps=0.0)  # eps 0: adversarial = clean loss
+    assert clean.item() == pytest.approx(F.cross_entropy(logits, y).item())
     assert adv_loss.item() == pytest.approx(clean.item())
     both = model.head.weight.grad.clone()
     model.zero_grad()
     F.cross_entropy(model.rnn_logits(ids, lengths), y).backward()
     assert torch.allclose(both, 2 * model.head.weight.grad, atol=1e-6)  # clean + identical adversarial = twice clean
     model.zero_grad()
-    _, adv_loss = adversarial_step(model, ids, lengths, y, eps=5.0)
+    _, _, adv_loss = adversarial_step(model, ids, lengths, y, eps=5.0)
     assert adv_loss.item() > clean.item()
 
 
