@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from training.models import RecurrentClassifier
+from training.residual import shifted
 
 
 def perturbation(grad: torch.Tensor, scale: float) -> torch.Tensor:
@@ -26,18 +27,25 @@ def perturbation(grad: torch.Tensor, scale: float) -> torch.Tensor:
 
 
 def adversarial_step(
-    model: RecurrentClassifier, ids: torch.Tensor, lengths: torch.Tensor, y: torch.Tensor, eps: float
+    model: RecurrentClassifier,
+    ids: torch.Tensor,
+    lengths: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    offset: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Backward of the clean loss and of the adversarial loss (gradients accumulate in the parameters, ready for
-    the optimiser's step). Returns the clean logits, the clean loss and the adversarial loss."""
+    the optimiser's step). Returns the clean logits, the clean loss and the adversarial loss. `offset`: log-odds
+    added to the network's in both losses (residual training, training/residual.py)."""
     embedded = model.embedding(ids)
     embedded.retain_grad()
-    logits = model.rnn_logits(ids, lengths, embedded=embedded)
+    logits = shifted(model.rnn_logits(ids, lengths, embedded=embedded), offset)
     loss = F.cross_entropy(logits, y)
     loss.backward()
     scale = eps * float(model.embedding.weight.detach().std())
     r = perturbation(embedded.grad, scale)
     # The embeddings are looked up again so the adversarial loss trains them too (r itself is a constant).
-    adv_loss = F.cross_entropy(model.rnn_logits(ids, lengths, embedded=model.embedding(ids) + r), y)
+    adv_logits = model.rnn_logits(ids, lengths, embedded=model.embedding(ids) + r)
+    adv_loss = F.cross_entropy(shifted(adv_logits, offset), y)
     adv_loss.backward()
     return logits.detach(), loss.detach(), adv_loss.detach()

@@ -12,10 +12,11 @@ import torch
 
 def sentence_crops(
     ids: list[np.ndarray], labels: list[int], enders: np.ndarray, share: float, seed: int, min_tokens: int = 3
-) -> tuple[list[np.ndarray], list[int]]:
-    """1-3 consecutive sentences from a random `share` of the reviews, each with its review's label."""
+) -> tuple[list[np.ndarray], list[int], list[int]]:
+    """1-3 consecutive sentences from a random `share` of the reviews, each with its review's label; and the index
+    of the review each crop came from."""
     rng = np.random.default_rng(seed)
-    out_ids, out_y = [], []
+    out_ids, out_y, sources = [], [], []
     for i in np.flatnonzero(rng.random(len(ids)) < share):
         row = ids[i]
         ends = np.flatnonzero(np.isin(row, enders)) + 1
@@ -28,7 +29,8 @@ def sentence_crops(
         if len(crop) >= min_tokens:
             out_ids.append(crop)
             out_y.append(labels[i])
-    return out_ids, out_y
+            sources.append(int(i))
+    return out_ids, out_y, sources
 
 
 def sentence_enders(tokenizer_json: str) -> np.ndarray:

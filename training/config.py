@@ -95,6 +95,9 @@ class TrainConfig:
     # perturbed by eps (in embedding standard deviations, L2 over the review) along the loss gradient. Twice the
     # compute per step. 0 = off.
     adversarial_eps: float = 0.0
+    # Residual training (training/residual.py): each example's loss is on the network's log-odds plus this times the
+    # n-gram branch's calibrated out-of-fold log-odds, so the network learns what the branch misses. 0 = off.
+    ngram_offset: float = 0.0
     # NBSVM fit of the n-gram branch: inverse L2 strength of the logistic regression (sklearn's C)
     negation_window: int = 3  # tokens after a negator whose unigram becomes "NOT_word" (0: off)
     ngram_c: float = 0.03  # grouped validation, counts features: C=0.03 gave 0.9128 alone

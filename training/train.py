@@ -33,6 +33,7 @@ from training.data import DataError, grouped_split, load_labeled, load_unlabeled
 from training.embeddings import load_glove, train_word2vec
 from training.models import RecurrentClassifier
 from training.pseudo import epoch_sample, pseudo_labels, soft_examples
+from training.residual import MIXED, film_folds, fold_fits, offsets, shifted
 from training.tokenizer import build_tokenizer
 
 log = logging.getLogger("sentiment.train")
@@ -48,16 +49,21 @@ def make_text_tokenizer(tokenizer, cfg: TrainConfig) -> TextTokenizer:
     return TextTokenizer(tokenizer, max_tokens=cfg.max_tokens, truncation=cfg.truncation, head_tokens=cfg.head_tokens)
 
 
+def split_examples(cfg: TrainConfig) -> tuple[list, list]:
+    """The labeled reviews as training and validation examples (grouped by film), always in the same order."""
+    examples = load_labeled(cfg.data)
+    if cfg.max_train_examples:
+        random.Random(cfg.seed).shuffle(examples)
+        examples = examples[: cfg.max_train_examples]
+    return grouped_split(examples, cfg.val_fraction, cfg.seed)
+
+
 def prepare(cfg: TrainConfig, out: Path) -> dict:
     """Data, tokenizer and embeddings: cached in the run folder so a resumed run does not redo them."""
     cache = out / "prepared.pt"
     if cache.exists():
         return torch.load(cache, weights_only=False)
-    examples = load_labeled(cfg.data)
-    if cfg.max_train_examples:
-        random.Random(cfg.seed).shuffle(examples)
-        examples = examples[: cfg.max_train_examples]
-    train, val = grouped_split(examples, cfg.val_fraction, cfg.seed)
+    train, val = split_examples(cfg)
     unsup = load_unlabeled(cfg.data) if cfg.embeddings == "word2vec" and not cfg.max_train_examples else []
     log.info("examples: %d train, %d validation (grouped by film), %d unlabeled", len(train), len(val), len(unsup))
     tokenizer = build_tokenizer([e.text for e in train] + unsup, cfg.max_vocab, cfg.min_frequency)
@@ -119,6 +125,7 @@ RESUME_OVERRIDES = (
     "pseudo_per_epoch",
     "adversarial_eps",
     "negation_phrases",
+    "ngram_offset",
 )
 
 
@@ -158,13 +165,14 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     enders = sentence_enders(tokenizer_json)
     if cfg.self_training:
         prepared["pseudo"] = pseudo_labels(cfg, model, state, prepared, out)
+    residual = residual_setup(cfg, prepared, out) if cfg.ngram_offset and cfg.model.ngram_buckets else None
     while state["epoch"] < cfg.epochs and state["bad_epochs"] < cfg.patience:
         if cfg.time_budget_min and state["elapsed"] >= cfg.time_budget_min * 60:
             break
         epoch = state["epoch"] + 1
         model.train()
         start, seen, loss_sum, correct, grad_norms = time.time(), 0, 0.0, 0, []
-        crop_ids, crop_y = sentence_crops(train_ids, train_y, enders, cfg.crop_share, cfg.seed + epoch)
+        crop_ids, crop_y, crop_src = sentence_crops(train_ids, train_y, enders, cfg.crop_share, cfg.seed + epoch)
         aug_ids, aug_y = augmentation(train_ids, train_y, vocab, cfg.augment, cfg.seed + epoch, cfg.negation_phrases)
         pseudo_ids, pseudo_y = (
             epoch_sample(prepared["pseudo"], cfg.pseudo_margin, cfg.pseudo_per_epoch, cfg.seed + epoch)
@@ -172,23 +180,32 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
             else ([], [])
         )
         epoch_ids = list(train_ids) + crop_ids + aug_ids + pseudo_ids
-        epoch_y = list(train_y) + crop_y + aug_y + pseudo_y
+        epoch_y = torch.tensor(list(train_y) + crop_y + aug_y + pseudo_y)
+        epoch_offsets = None
+        if residual is not None:
+            folds = residual["folds"]
+            epoch_folds = np.concatenate([folds, folds[crop_src], np.full(len(aug_ids) + len(pseudo_ids), MIXED)])
+            epoch_offsets = offsets(residual["fits"], cfg.model, epoch_ids, epoch_folds, cfg.ngram_offset)
         steps = math.ceil(len(epoch_ids) / cfg.batch_size)
         # Not a terminal (a background run): a line every 30 s in the log instead of a bar.
         bar = tqdm(
-            batches(epoch_ids, epoch_y, cfg.batch_size, cfg.seed + epoch),
+            # The "labels" batched are row numbers, so each row's label and offset travel with it.
+            batches(epoch_ids, list(range(len(epoch_ids))), cfg.batch_size, cfg.seed + epoch),
             total=steps,
             desc=f"epoch {epoch}",
             file=sys.stderr,
             mininterval=5 if sys.stderr.isatty() else 30,
             dynamic_ncols=True,
         )
-        for x, lengths, y in bar:
+        for x, lengths, rows in bar:
+            y = epoch_y[rows]
+            offset = None if epoch_offsets is None else epoch_offsets[rows]
             opt.zero_grad(set_to_none=True)
             if cfg.adversarial_eps:
-                logits, loss, _ = adversarial_step(model, x, lengths, y, cfg.adversarial_eps)  # the clean loss is logged
+                # the clean loss is logged
+                logits, loss, _ = adversarial_step(model, x, lengths, y, cfg.adversarial_eps, offset)
             else:
-                logits = model.rnn_logits(x, lengths)
+                logits = shifted(model.rnn_logits(x, lengths), offset)
                 loss = F.cross_entropy(logits, y)
                 loss.backward()
             # Clipping bounds the exploding-gradient steps of long recurrences; the norm is logged either way.
@@ -243,6 +260,16 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         )
         tmp.replace(ckpt_path)  # atomic: a stop mid-save keeps the previous checkpoint
     return finish(cfg, model, state, prepared, out)
+
+
+def residual_setup(cfg: TrainConfig, prepared: dict, out: Path) -> dict:
+    """Film folds of the training reviews and the out-of-fold n-gram fits (training/residual.py)."""
+    train, _ = split_examples(cfg)
+    train_ids, train_y = prepared["train"]
+    if len(train) != len(train_ids):
+        raise ValueError(f"{cfg.data} no longer matches the run's prepared data ({len(train)} vs {len(train_ids)} reviews)")
+    folds = film_folds([e.group for e in train])
+    return {"folds": folds, "fits": fold_fits(cfg, cfg.model, train_ids, train_y, folds, out)}
 
 
 def network_state(state: dict) -> dict:
@@ -327,7 +354,7 @@ def finish(cfg: TrainConfig, model, state, prepared, out: Path) -> dict:
     # With an n-gram branch the mix already calibrates; temperature is then 1.
     temperature = 1.0 if extra else fit_temperature(logits, y)
     probs_raw, probs_cal = logits.softmax(1), (logits / temperature).softmax(1)
-    crop_ids, crop_y = sentence_crops(
+    crop_ids, crop_y, _ = sentence_crops(
         prepared["val"][0], prepared["val"][1], sentence_enders(prepared["tokenizer_json"]), 1.0, cfg.seed
     )
     crop_logits, crop_labels = predict_logits(model, crop_ids, crop_y)
