@@ -38,8 +38,9 @@ test: venv lint
 # and contrast examples (training/augment.py), then 2 self-training epochs (training/pseudo.py: the best model so far
 # labels the 50k unlabeled reviews; the network reads 20k confident ones per epoch, the n-gram fit takes all of them
 # with soft labels), both trained adversarially (training/adversarial.py: each batch also on its embeddings pushed
-# along the loss gradient, Miyato et al. 2016). The n-gram branch (NBSVM) and the mix are refitted after every epoch;
-# the best epoch ships.
+# along the loss gradient, Miyato et al. 2016) and residually (training/residual.py: the loss is on the network's
+# log-odds plus half the n-gram branch's out-of-fold log-odds, so the network learns what the branch misses). The
+# n-gram branch (NBSVM) and the mix are refitted after every epoch; the best epoch ships.
 # `training.evaluate` adds the baseline, probe, faithfulness and speed sections to MODEL_CARD.md; then the int8 twin
 # (training/quantize.py) is written to exported/imdb-lstm-int8 and checked side by side.
 RUN ?= runs/lstm
@@ -48,8 +49,8 @@ train: venv
 		--ngram-buckets 1048573 --ngram-c 0.3 --epochs 2 --augment 0
 	$(BIN)/sentiment-train --out-dir $(RUN) --resume --epochs 4 --augment 6000 --lr 0.001
 	$(BIN)/sentiment-train --out-dir $(RUN) --resume --epochs 6 --patience 3 --augment 6000 --lr 0.0005 --self-training \
-		--adversarial-eps 2
-	$(BIN)/sentiment-export --run $(RUN) --out exported/imdb-lstm --name imdb-lstm --version 2.2.0
+		--adversarial-eps 2 --ngram-offset 0.5
+	$(BIN)/sentiment-export --run $(RUN) --out exported/imdb-lstm --name imdb-lstm --version 2.3.0
 	$(BIN)/python -m training.evaluate --model-dir exported/imdb-lstm --run $(RUN)
 	$(BIN)/python -m training.quantize --model-dir exported/imdb-lstm --out exported/imdb-lstm-int8 --force \
 		--evaluate --data $(DATA) --report benchmarks/quantize_results.json
