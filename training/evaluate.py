@@ -41,36 +41,9 @@ def probes(rt: ModelRuntime) -> dict:
     return {"overall": report["overall"], "categories": report["categories"], "failures": report["failures"][:20]}
 
 
-# Run in a fresh process so the batched scoring before it does not set the peak. Writing 5 to clear_refs resets the
-# kernel's peak-RSS counter (VmHWM, Linux >= 4.0), so each figure is the peak during that one call above the RSS just
-# before it; it is the call's first run, so what the first diagnostics request sets up (its session) is included,
-# and "kept" is what stays resident afterwards (onnxruntime and malloc keep some for the next call).
-_MEMORY_CHILD = """
-import json, sys
-from service.runtime import ModelRuntime
-
-def status(key):
-    for line in open('/proc/self/status'):
-        if line.startswith(key):
-            return int(line.split()[1]) / 1024
-
-rt = ModelRuntime(sys.argv[1], intra_op_threads=1)
-text = open(sys.argv[2], encoding='utf-8').read()
-enc = rt.encode([text])
-out = {'loaded_rss_mb': round(status('VmRSS'), 1)}
-for name, fn in (('plain', lambda: rt.predict(enc)), ('diagnostics', lambda: rt.diagnose(text, enc[0]))):
-    before = status('VmRSS')
-    with open('/proc/self/clear_refs', 'w') as f:
-        f.write('5')
-    fn()
-    out[name + '_peak_mb'] = round(status('VmHWM') - before, 1)
-    out[name + '_kept_mb'] = round(status('VmRSS') - before, 1)
-print(json.dumps(out))
-"""
-
-
 def long_review_memory(model_dir: Path, text: str) -> dict:
-    """Peak memory of scoring one long text, plain and with diagnostics, above the loaded process (Linux only)."""
+    """Peak memory of scoring one long text, plain and with diagnostics, above the loaded process (Linux only),
+    measured in a fresh process by benchmarks/long_review_memory.py."""
     import subprocess
     import tempfile
 
@@ -78,7 +51,10 @@ def long_review_memory(model_dir: Path, text: str) -> dict:
         f.write(text)
         f.flush()
         done = subprocess.run(
-            [sys.executable, "-c", _MEMORY_CHILD, str(model_dir), f.name], capture_output=True, text=True, cwd=REPO
+            [sys.executable, "-m", "benchmarks.long_review_memory", str(model_dir), f.name],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
         )
     if done.returncode != 0:
         return {"memory_error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "failed"}
