@@ -28,7 +28,6 @@ import asyncio
 import json
 import os
 import random
-import re
 import signal
 import socket
 import subprocess
@@ -39,6 +38,8 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+
+from benchmarks.cli_bench import rss_kib
 
 REPO = Path(__file__).resolve().parents[1]
 KINDS = ("short", "long", "diagnostics", "batch")
@@ -123,11 +124,9 @@ def free_port() -> int:
 
 def rss_mb(pid: int) -> float | None:
     try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
+        return rss_kib(pid) / 1024
+    except (OSError, RuntimeError):  # the server has exited
         return None
-    match = re.search(r"VmRSS:\s+(\d+) kB", status)
-    return int(match.group(1)) / 1024 if match else None
 
 
 def start_server(args: argparse.Namespace) -> tuple[subprocess.Popen, str]:

@@ -132,9 +132,13 @@ def fit_nbsvm(
 ) -> tuple[np.ndarray, float]:
     """Table weights (coef * r per row) and the intercept of an NB-scaled logistic regression on n-gram counts.
     `sample_weight` weighs examples in both the ratio and the regression (soft labels: training/pseudo.py)."""
+    return fit_nbsvm_counts(count_matrix(train_ids, cfg), labels, c, alpha, sample_weight)
+
+
+def fit_nbsvm_counts(x, labels, c: float, alpha: float = 1.0, sample_weight: np.ndarray | None = None):
+    """fit_nbsvm on a count matrix already built (the fold fits reuse one matrix for all their folds)."""
     from sklearn.linear_model import LogisticRegression
 
-    x = count_matrix(train_ids, cfg)
     y = np.asarray(labels)
     w = np.ones(len(y)) if sample_weight is None else np.asarray(sample_weight, np.float64)
     binary = x.copy()

@@ -40,7 +40,7 @@ def fold_fits(cfg, mc, train_ids: list[np.ndarray], train_y: list[int], folds: n
     """{"weights": [FOLDS, table rows], "intercepts": [FOLDS], "platt": (a, b)}; cached in the run folder."""
     from sklearn.linear_model import LogisticRegression
 
-    from training.ngrams import count_matrix, fit_nbsvm
+    from training.ngrams import count_matrix, fit_nbsvm_counts
 
     cache = out / f"ngram_folds_c{cfg.ngram_c:g}_neg{mc.negation_window}.npz"
     if cache.exists():
@@ -48,15 +48,16 @@ def fold_fits(cfg, mc, train_ids: list[np.ndarray], train_y: list[int], folds: n
         return {"weights": saved["weights"], "intercepts": saved["intercepts"], "platt": tuple(saved["platt"])}
     start = time.time()
     y = np.asarray(train_y)
+    counts = count_matrix(train_ids, mc)  # once: each fold fit takes its rows
     k = int(folds.max()) + 1
     weights, intercepts = [], []
     for f in range(k):
         keep = np.flatnonzero(folds != f)
-        w, b = fit_nbsvm([train_ids[i] for i in keep], y[keep].tolist(), mc, cfg.ngram_c)
+        w, b = fit_nbsvm_counts(counts[keep], y[keep], cfg.ngram_c)
         weights.append(w)
         intercepts.append(b)
     weights, intercepts = np.stack(weights), np.array(intercepts, np.float32)
-    raw = raw_scores(count_matrix(train_ids, mc), weights, intercepts, folds)
+    raw = raw_scores(counts, weights, intercepts, folds)
     platt = LogisticRegression(C=1e4).fit(raw[:, None], y)
     fits = {"weights": weights, "intercepts": intercepts, "platt": (float(platt.coef_[0][0]), float(platt.intercept_[0]))}
     acc = float(((raw > 0) == (y == 1)).mean())

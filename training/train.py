@@ -84,6 +84,7 @@ def prepare(cfg: TrainConfig, out: Path) -> dict:
         "tokenizer_json": tokenizer.to_str(),
         "train": encode(train),
         "val": encode(val),
+        "train_films": [e.group for e in train],  # residual training's folds follow films (training/residual.py)
         "embeddings": None if embeddings is None else torch.from_numpy(embeddings),
         "embedding_coverage": coverage,
         "counts": {"train": len(train), "val": len(val), "unlabeled": len(unsup), "val_films": len({e.group for e in val})},
@@ -183,9 +184,10 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         epoch_y = torch.tensor(list(train_y) + crop_y + aug_y + pseudo_y)
         epoch_offsets = None
         if residual is not None:
-            folds = residual["folds"]
-            epoch_folds = np.concatenate([folds, folds[crop_src], np.full(len(aug_ids) + len(pseudo_ids), MIXED)])
-            epoch_offsets = offsets(residual["fits"], cfg.model, epoch_ids, epoch_folds, cfg.ngram_offset)
+            drawn = epoch_ids[len(train_ids) :]
+            drawn_folds = np.concatenate([residual["folds"][crop_src], np.full(len(aug_ids) + len(pseudo_ids), MIXED)])
+            drawn_offsets = offsets(residual["fits"], cfg.model, drawn, drawn_folds, cfg.ngram_offset)
+            epoch_offsets = torch.cat([residual["train"], drawn_offsets])
         steps = math.ceil(len(epoch_ids) / cfg.batch_size)
         # Not a terminal (a background run): a line every 30 s in the log instead of a bar.
         bar = tqdm(
@@ -264,12 +266,15 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
 
 def residual_setup(cfg: TrainConfig, prepared: dict, out: Path) -> dict:
     """Film folds of the training reviews and the out-of-fold n-gram fits (training/residual.py)."""
-    train, _ = split_examples(cfg)
     train_ids, train_y = prepared["train"]
-    if len(train) != len(train_ids):
-        raise ValueError(f"{cfg.data} no longer matches the run's prepared data ({len(train)} vs {len(train_ids)} reviews)")
-    folds = film_folds([e.group for e in train])
-    return {"folds": folds, "fits": fold_fits(cfg, cfg.model, train_ids, train_y, folds, out)}
+    # Runs prepared before the films were stored there read them back from the data (about 40 s).
+    films = prepared.get("train_films") or [e.group for e in split_examples(cfg)[0]]
+    if len(films) != len(train_ids):
+        raise ValueError(f"{cfg.data} no longer matches the run's prepared data ({len(films)} vs {len(train_ids)} reviews)")
+    folds = film_folds(films)
+    fits = fold_fits(cfg, cfg.model, train_ids, train_y, folds, out)
+    # The reviews' own offsets never change; only the crops, counterfactuals and pseudo-labels drawn per epoch do.
+    return {"folds": folds, "fits": fits, "train": offsets(fits, cfg.model, train_ids, folds, cfg.ngram_offset)}
 
 
 def network_state(state: dict) -> dict:

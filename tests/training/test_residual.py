@@ -127,3 +127,13 @@ def test_a_run_with_residual_training_resumes_with_the_setting(imdb_fixture_dir,
     saved = torch.load(out / "checkpoint.pt", weights_only=False)
     assert saved["train_config"].ngram_offset == 1.0
     assert list(out.glob("ngram_folds_*.npz"))  # the fold fits were made (and are kept for a resume)
+    # The films are kept with the prepared data, so a later stage needs neither the data file nor a re-read.
+    from training.train import residual_setup, split_examples
+
+    prepared = torch.load(out / "prepared.pt", weights_only=False)
+    assert prepared["train_films"] == [e.group for e in split_examples(cfg)[0]]
+    cfg.data = tmp_path / "gone.tar.gz"
+    setup = residual_setup(cfg, prepared, out)
+    assert (setup["folds"] == film_folds(prepared["train_films"])).all()
+    again = offsets(setup["fits"], cfg.model, prepared["train"][0], setup["folds"], cfg.ngram_offset)
+    assert torch.equal(setup["train"], again)  # the per-epoch offsets start from the reviews' own, computed once
