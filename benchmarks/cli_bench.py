@@ -27,6 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.procfs import rss_kib
 from service.cli import resolve_model
 from service.runtime import ModelRuntime
 
@@ -107,13 +108,6 @@ def throughput(args: argparse.Namespace, model_dir: Path) -> dict:
         "cli_accuracy": round(correct / rows_out, 4),
         "rows_out": rows_out,
     }
-
-
-def rss_kib(pid: int, key: str = "VmRSS") -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no {key} for pid {pid}")
 
 
 def memory(args: argparse.Namespace, model_dir: Path) -> dict:

@@ -39,7 +39,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from benchmarks.cli_bench import rss_kib
+from benchmarks.procfs import rss_kib
 
 REPO = Path(__file__).resolve().parents[1]
 KINDS = ("short", "long", "diagnostics", "batch")

@@ -16,7 +16,7 @@ import os
 import sys
 from pathlib import Path
 
-from benchmarks.cli_bench import rss_kib
+from benchmarks.procfs import rss_kib
 from service.runtime import ModelRuntime
 
 

@@ -135,7 +135,9 @@ def fit_nbsvm(
     return fit_nbsvm_counts(count_matrix(train_ids, cfg), labels, c, alpha, sample_weight)
 
 
-def fit_nbsvm_counts(x, labels, c: float, alpha: float = 1.0, sample_weight: np.ndarray | None = None):
+def fit_nbsvm_counts(
+    x, labels, c: float, alpha: float = 1.0, sample_weight: np.ndarray | None = None
+) -> tuple[np.ndarray, float]:
     """fit_nbsvm on a count matrix already built (the fold fits reuse one matrix for all their folds)."""
     from sklearn.linear_model import LogisticRegression
 
