@@ -196,12 +196,14 @@ def test_sigterm_drains_in_flight_requests_refuses_new_ones_and_exits_0(model_ro
                     await asyncio.sleep(0.02)
                 stopped = time.monotonic()
                 proc.send_signal(signal.SIGTERM)
-                # New connections are refused while the old ones are still being answered.
+                # New connections are refused while the old ones are still being answered. A connection the kernel
+                # queued in the listen backlog just before the listener closed is dropped unanswered (reset or closed
+                # without a response): also a refusal; what must not happen is a new request being served.
                 while True:
                     try:
                         async with httpx.AsyncClient(timeout=2) as fresh:
                             await fresh.get(f"{url}/healthz")
-                    except httpx.ConnectError:
+                    except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError):
                         break
                     assert time.monotonic() - stopped < 2, "still accepting connections 2 s after SIGTERM"
                     await asyncio.sleep(0.02)
