@@ -19,7 +19,6 @@ from pathlib import Path
 import batch_files
 import pytest
 
-from benchmarks.procfs import rss_kib
 from service.batch import cli, writers
 from service.batch.errors import InputError
 from service.runtime import ModelRuntime
@@ -519,6 +518,13 @@ def test_sigkill_mid_file_then_resume_gives_the_uninterrupted_output(tiny_artifa
     assert not Path(f"{out}.checkpoint.json").exists() and not Path(f"{out}.partial").exists()
 
 
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads RSS from /proc (Linux)")
 def test_memory_stays_flat_while_streaming(tiny_artifact, tmp_path):
@@ -532,9 +538,9 @@ def test_memory_stays_flat_while_streaming(tiny_artifact, tmp_path):
     out = tmp_path / "out.jsonl"
     proc = _cli_process(tiny_artifact, src, "-o", out, "--chunk-size", chunk)
     _wait_for_rows(Path(f"{out}.checkpoint.json"), proc, rows // 5)
-    early = rss_kib(proc.pid)
+    early = _rss_kib(proc.pid)
     _wait_for_rows(Path(f"{out}.checkpoint.json"), proc, rows * 9 // 10)
-    late = rss_kib(proc.pid)
+    late = _rss_kib(proc.pid)
     assert proc.wait(timeout=600) == 0
     assert sum(1 for _ in out.open()) == rows
     assert late - early < 16 * 1024, f"RSS grew from {early} KiB to {late} KiB"
