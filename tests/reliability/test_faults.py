@@ -196,9 +196,9 @@ def test_sigterm_drains_in_flight_requests_refuses_new_ones_and_exits_0(model_ro
                     await asyncio.sleep(0.02)
                 stopped = time.monotonic()
                 proc.send_signal(signal.SIGTERM)
-                # New connections are refused while the old ones are still being answered. A connection the kernel
-                # queued in the listen backlog just before the listener closed is dropped unanswered (reset or closed
-                # without a response): also a refusal; what must not happen is a new request being served.
+                # New connections are refused (within 2 s) while the old ones are still being answered. A connection
+                # the kernel queued in the listen backlog just before the listener closed is dropped unanswered (reset
+                # or closed without a response): also a refusal, so the loop stops at the first unanswered request.
                 while True:
                     try:
                         async with httpx.AsyncClient(timeout=2) as fresh:
