@@ -11,7 +11,10 @@ learns that "Not bad at all!" is negative. Two kinds of counterfactual examples 
   bad." -> "The acting was not bad." positive), before an article that follows one ("It was a waste of time." ->
   "It was not a waste of time."), or after a modal ("You will be disappointed." -> "You will not be disappointed.",
   "I would recommend it." -> "I would not recommend it." negative), so nouns and verbs are negated too, not only
-  adjectives (the last two with `--negation-phrases`).
+  adjectives (the last two with `--negation-phrases`). With `--negation-contractions`, half of the "not"s fuse
+  with the copula or modal before them ("was not bad" -> "wasn't bad", "will not be disappointed" -> "won't be
+  disappointed"): the tokenizer keeps "wasn't" and "won't" as single words, which reviews seldom put before a
+  negative word, so without such copies "You won't be disappointed." reads as negative.
 - contrast: two such crops of opposite polarity joined by ", but" take the second one's label ("The plot is dull,
   but the cast is wonderful." -> positive), the discourse role of "but".
 Everything works on token ids of the training split only.
@@ -22,6 +25,19 @@ from __future__ import annotations
 import numpy as np
 
 from training.ngrams import NEGATORS
+
+# The copulas and modals a negator is inserted after, and their negated contractions (single tokens here).
+CONTRACTIONS = {
+    "is": "isn't",
+    "was": "wasn't",
+    "are": "aren't",
+    "were": "weren't",
+    "will": "won't",
+    "would": "wouldn't",
+    "can": "can't",
+    "could": "couldn't",
+    "should": "shouldn't",
+}
 
 
 def predicative_words(ids: list[np.ndarray], cues: list[int], vocab_size: int, min_count: int = 20) -> np.ndarray:
@@ -114,12 +130,20 @@ def polar_sentences(
     return out
 
 
-def negation_examples(sentences, insert_ids: list[int], rng: np.random.Generator) -> tuple[list, list]:
+def negation_examples(
+    sentences, insert_ids: list[int], rng: np.random.Generator, contractions: dict[int, int] | None = None
+) -> tuple[list, list]:
     """Each sentence with its label, and its negated counterfactual (a negator inserted at the sentence's insertion
-    point) with the opposite label."""
+    point) with the opposite label. `contractions` (word before the insertion point -> its negated contraction, "was"
+    -> "wasn't"): half the time, that word becomes the contraction instead of taking an inserted negator."""
     xs, ys = [], []
     for sent, pos, polarity in sentences:
-        negated = np.concatenate([sent[:pos], [insert_ids[int(rng.integers(len(insert_ids)))]], sent[pos:]])
+        negator = insert_ids[int(rng.integers(len(insert_ids)))]
+        fused = contractions.get(int(sent[pos - 1])) if contractions and pos > 0 else None
+        if fused is not None and rng.random() < 0.5:
+            negated = np.concatenate([sent[: pos - 1], [fused], sent[pos:]])
+        else:
+            negated = np.concatenate([sent[:pos], [negator], sent[pos:]])
         xs += [sent, negated.astype(np.int64)]
         ys += [int(polarity == 1), int(polarity != 1)]
     return xs, ys
@@ -141,11 +165,18 @@ def contrast_examples(sentences, comma: int, but: int, rng: np.random.Generator,
 
 
 def augmentation(
-    train_ids: list[np.ndarray], train_y: list[int], vocab: dict[str, int], count: int, seed: int, phrases: bool = False
+    train_ids: list[np.ndarray],
+    train_y: list[int],
+    vocab: dict[str, int],
+    count: int,
+    seed: int,
+    phrases: bool = False,
+    contractions: bool = False,
 ) -> tuple[list[np.ndarray], list[int]]:
     """About `count` negation pairs' worth of examples plus count // 2 contrast examples for one epoch. `phrases`:
     also negate nouns after an article and verbs after a modal (otherwise only words after a copula or degree word,
-    the recipe 2.2.0 was trained with)."""
+    the recipe 2.2.0 was trained with). `contractions`: half the negated copies say "wasn't" / "won't" instead of
+    "was not" / "will not"."""
     if count <= 0:
         return [], []
     rng = np.random.default_rng(seed)
@@ -162,9 +193,14 @@ def augmentation(
     lexicon = polar_lexicon(train_ids, train_y, len(vocab), predicative=negatable)
     enders = np.array(ids(".", "!", "?"), dtype=np.int64)
     negators = set(ids("not", "never", "no", "n't"))
+    fuse: dict[int, int] = {}
+    if contractions:
+        # "wasn't great" is already negated, so it must not be picked as a plain polar sentence either.
+        negators |= set(ids(*NEGATORS))
+        fuse = {vocab[w]: vocab[c] for w, c in CONTRACTIONS.items() if w in vocab and c in vocab}
     grammar = {"cues": set(cues), "articles": set(articles), "modals": set(modals), "be": vocab.get("be", -1)}
     sentences = polar_sentences(train_ids, train_y, lexicon, enders, negators, grammar, rng, limit=count)
-    xs, ys = negation_examples(sentences, ids("not", "not", "never"), rng)
+    xs, ys = negation_examples(sentences, ids("not", "not", "never"), rng, fuse)
     if "," not in vocab or "but" not in vocab:  # tiny vocabularies (tests)
         return xs, ys
     cx, cy = contrast_examples(sentences, vocab[","], vocab["but"], rng, count // 2)

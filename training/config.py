@@ -85,6 +85,9 @@ class TrainConfig:
     # Also negate nouns after an article ("was a waste" -> "was not a waste") and verbs after a modal ("would
     # recommend" -> "would not recommend"), not only words after a copula.
     negation_phrases: bool = False
+    # Write half the inserted "not"s as a contraction with the copula or modal before them ("wasn't bad", "won't be
+    # disappointed"), which the tokenizer keeps as single words.
+    negation_contractions: bool = False
     # Self-training (training/pseudo.py; resumed runs only): the best model so far labels the 50k unlabeled reviews;
     # the n-gram fit takes them all with soft labels, and each epoch adds `pseudo_per_epoch` of those with
     # |P(positive) - 0.5| >= `pseudo_margin` to the network's data with hard labels.

@@ -126,6 +126,7 @@ RESUME_OVERRIDES = (
     "pseudo_per_epoch",
     "adversarial_eps",
     "negation_phrases",
+    "negation_contractions",
     "ngram_offset",
 )
 
@@ -174,7 +175,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         model.train()
         start, seen, loss_sum, correct, grad_norms = time.time(), 0, 0.0, 0, []
         crop_ids, crop_y, crop_src = sentence_crops(train_ids, train_y, enders, cfg.crop_share, cfg.seed + epoch)
-        aug_ids, aug_y = augmentation(train_ids, train_y, vocab, cfg.augment, cfg.seed + epoch, cfg.negation_phrases)
+        aug_ids, aug_y = augmentation(
+            train_ids, train_y, vocab, cfg.augment, cfg.seed + epoch, cfg.negation_phrases, cfg.negation_contractions
+        )
         pseudo_ids, pseudo_y = (
             epoch_sample(prepared["pseudo"], cfg.pseudo_margin, cfg.pseudo_per_epoch, cfg.seed + epoch)
             if "pseudo" in prepared

@@ -101,3 +101,43 @@ def test_augmentation_on_reviews_is_seeded_and_balanced():
         "the film would be not great .",
         "the film would be not awful .",
     }
+
+
+def test_contractions_fuse_half_the_negators_with_the_word_before_them():
+    vocab = dict(VOCAB) | {"wasn't": len(VOCAB), "won't": len(VOCAB) + 1}
+    inverse = {i: w for w, i in vocab.items()}
+    sentences = [(ids("the film was great ."), 3, 1), (ids("the film will be awful ."), 3, -1)] * 50
+    fuse = {vocab["was"]: vocab["wasn't"], vocab["will"]: vocab["won't"]}
+    xs, ys = negation_examples(sentences, [VOCAB["not"]], np.random.default_rng(0), fuse)
+    negated = [" ".join(inverse[int(t)] for t in x) for x in xs[1::2]]
+    assert set(negated) == {
+        "the film was not great .",
+        "the film wasn't great .",
+        "the film will not be awful .",
+        "the film won't be awful .",
+    }
+    assert 30 <= sum("n't" in s for s in negated) <= 70  # about half
+    assert ys == [1, 0, 0, 1] * 50  # a contraction negates as "not" does: the label flips
+
+
+def test_with_contractions_an_already_contracted_sentence_is_not_negated_again():
+    vocab = dict(VOCAB) | {"very": len(VOCAB), "wasn't": len(VOCAB) + 1}
+    inverse = {i: w for w, i in vocab.items()}
+    reviews, labels = [], []
+    for _ in range(110):  # "great" only in positive reviews, once plainly and once after "wasn't very"
+        reviews.append(np.array([vocab[w] for w in "the film was great . the film wasn't very great .".split()]))
+        reviews.append(np.array([vocab[w] for w in "the film was awful .".split()]))
+        labels += [1, 0]
+
+    def negated(contractions: bool) -> set[str]:
+        xs, _ = augmentation(reviews, labels, vocab, 400, seed=3, contractions=contractions)
+        return {" ".join(inverse[int(t)] for t in x).replace(" never ", " not ") for x in xs[1::2]}
+
+    # Without contractions "wasn't" is not read as a negator, so "wasn't very great" gets a second one.
+    assert "the film wasn't very not great ." in negated(False)
+    assert negated(True) == {
+        "the film was not great .",
+        "the film wasn't great .",
+        "the film was not awful .",
+        "the film wasn't awful .",
+    }
