@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from training.embeddings import load_glove, train_word2vec
 
+ROOT = Path(__file__).resolve().parents[2]
 VOCAB = {"[PAD]": 0, "[UNK]": 1, "great": 2, "awful": 3, "plot": 4}
 
 
@@ -43,3 +49,22 @@ def test_word2vec_learns_vectors_for_the_vocabulary():
     assert not matrix[0].any()
     # Trained rows are rescaled to a spread comparable to the random ones (std ~0.5 overall, not 0 or huge).
     assert 0.05 < float(np.std(matrix[2:])) < 2.0
+
+
+def test_word2vec_gives_the_same_vectors_in_every_process(tmp_path):
+    # With several workers, thread scheduling decides the order of updates once the corpus spans several jobs
+    # (10,000 words each): two processes must agree, so that `make train` reproduces its model.
+    script = (
+        "import sys, numpy as np\n"
+        "from training.embeddings import train_word2vec\n"
+        "s = [['the', 'plot', 'was', 'great'], ['great', 'plot'], ['awful', 'plot', 'was', 'awful']] * 4000\n"
+        "vocab = {'[PAD]': 0, '[UNK]': 1, 'great': 2, 'awful': 3, 'plot': 4}\n"
+        "np.save(sys.argv[1], train_word2vec(s, vocab, dim=8, epochs=2, seed=0)[0])\n"
+    )
+    out = []
+    for run in ("1", "2"):
+        path = tmp_path / f"w2v{run}.npy"
+        env = {**os.environ, "PYTHONHASHSEED": run}
+        subprocess.run([sys.executable, "-c", script, str(path)], env=env, check=True, cwd=ROOT)
+        out.append(np.load(path))
+    np.testing.assert_array_equal(out[0], out[1])
