@@ -45,7 +45,7 @@ def train_word2vec(
 ) -> tuple[np.ndarray, float]:
     """One worker by default: with two, the order in which the threads update the shared vectors varies from run to
     run, so `make train` gave a different model each time (measured: 0.9152-0.9184 against 0.9192-0.9228 over the
-    first four epochs of two runs of the same recipe). Word2vec is a small part of a run (80 s with two workers)."""
+    first four epochs of two runs of the same recipe). It costs about a minute: 150 s against 80 s with two."""
     from gensim.models import Word2Vec
 
     log.info("word2vec: %d reviews, dim %d, %d epochs", len(sentences), dim, epochs)
