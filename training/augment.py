@@ -13,8 +13,9 @@ learns that "Not bad at all!" is negative. Two kinds of counterfactual examples 
   "I would recommend it." -> "I would not recommend it." negative), so nouns and verbs are negated too, not only
   adjectives (the last two with `--negation-phrases`). With `--negation-contractions`, half of the "not"s fuse
   with the copula or modal before them ("was not bad" -> "wasn't bad", "will not be disappointed" -> "won't be
-  disappointed"): the tokenizer keeps "wasn't" and "won't" as single words, which reviews seldom put before a
-  negative word, so without such copies "You won't be disappointed." reads as negative.
+  disappointed"): the tokenizer keeps "wasn't" and "won't" as single words, so what is learnt for "not" does not
+  carry over to them, and review labels teach them little ("wasn't bad" is in 29 negative training reviews, 7
+  positive).
 - contrast: two such crops of opposite polarity joined by ", but" take the second one's label ("The plot is dull,
   but the cast is wonderful." -> positive), the discourse role of "but".
 Everything works on token ids of the training split only.
