@@ -139,6 +139,8 @@ def negation_examples(
     -> "wasn't"): half the time, that word becomes the contraction instead of taking an inserted negator."""
     xs, ys = [], []
     for sent, pos, polarity in sentences:
+        # Drawn even when the contraction is used, so that without contractions the draws (and the examples) are
+        # exactly those of the recipe the shipped model was trained with.
         negator = insert_ids[int(rng.integers(len(insert_ids)))]
         fused = contractions.get(int(sent[pos - 1])) if contractions and pos > 0 else None
         if fused is not None and rng.random() < 0.5:

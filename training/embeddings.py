@@ -50,15 +50,7 @@ def train_word2vec(
 
     log.info("word2vec: %d reviews, dim %d, %d epochs", len(sentences), dim, epochs)
     model = Word2Vec(
-        sentences,
-        vector_size=dim,
-        window=5,
-        min_count=3,
-        sg=0,
-        negative=5,
-        epochs=epochs,
-        workers=workers,
-        seed=seed,
+        sentences, vector_size=dim, window=5, min_count=3, sg=0, negative=5, epochs=epochs, workers=workers, seed=seed
     )
     kv = model.wv
     # Scale to the spread torch's own init would have, so pretrained rows don't dominate the random ones.

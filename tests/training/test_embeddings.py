@@ -53,7 +53,8 @@ def test_word2vec_learns_vectors_for_the_vocabulary():
 
 def test_word2vec_gives_the_same_vectors_in_every_process(tmp_path):
     # With several workers, thread scheduling decides the order of updates once the corpus spans several jobs
-    # (10,000 words each): two processes must agree, so that `make train` reproduces its model.
+    # (10,000 words each): two processes, with different string-hash seeds too, must agree, so that `make train`
+    # reproduces its model.
     script = (
         "import sys, numpy as np\n"
         "from training.embeddings import train_word2vec\n"
