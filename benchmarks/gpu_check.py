@@ -3,9 +3,9 @@
 1. provider selection: onnxruntime offers CUDA, the default selection puts it first, `SENTIMENT_PROVIDERS=cuda`
    really runs on CUDA (onnxruntime silently falls back to CPU when the CUDA libraries do not load: caught here);
 2. parity: every shipped artifact scores the same texts on CPU and CUDA within 1e-4 (probabilities, running scores
-   and gate means of the diagnostics graph);
+   and gate means of the diagnostics graph; 5e-3 for an int8 twin);
 3. the HTTP app reports and labels the provider (/v1/models, /metrics);
-4. timings on both providers (batch 1 and 32), for information.
+4. timings on both providers (batch 1 and 32, one 20,000-character review plain and with diagnostics), for information.
 
     python -m benchmarks.gpu_check [MODEL_ROOT]      (GPU_CHECK_PROVIDER=cpu runs it on a CPU-only machine: a dry run)
 """
@@ -26,6 +26,9 @@ from service.artifacts import discover
 from service.runtime import PROVIDER_ALIASES, ModelRuntime, select_providers
 
 TOLERANCE = 1e-4
+# An int8 twin quantizes its activations per call, and its DynamicQuantizeLSTM is a CPU-only contrib op whose result
+# already moves by ~2e-3 between one and two CPU threads: a 1e-4 bar would test thread counts, not CUDA.
+QUANTIZED_TOLERANCE = 5e-3
 
 
 def median_ms(fn, items) -> float:
@@ -55,17 +58,28 @@ def check_model(directory: Path, device: str, failures: list[str]) -> dict:
         for la, lb in zip(a["layers"], b["layers"]):
             for gate in la["gate_mean"]:
                 diag_diff = max(diag_diff, float(np.abs(np.subtract(la["gate_mean"][gate], lb["gate_mean"][gate])).max()))
-    if max(prob_diff, diag_diff) > TOLERANCE:
-        failures.append(f"{directory}: CPU vs {dev.provider} differ by {max(prob_diff, diag_diff):.2e} > {TOLERANCE}")
+    tolerance = QUANTIZED_TOLERANCE if "quantization" in cpu.manifest else TOLERANCE
+    if max(prob_diff, diag_diff) > tolerance:
+        failures.append(f"{directory}: CPU vs {dev.provider} differ by {max(prob_diff, diag_diff):.2e} > {tolerance}")
     singles, b32 = [[e] for e in encoded[:40]], [encoded[i : i + 32] for i in range(0, 128, 32)]
+    long_text = " ".join(synthetic_reviews(directory / "tokenizer.json", 200, seed=2))[:20_000]
+    long_enc = cpu.encode([long_text])[0]
     return {
         "provider": dev.provider,
+        "tolerance": tolerance,
         "max_abs_diff_probabilities": prob_diff,
         "max_abs_diff_diagnostics": diag_diff,
         "cpu_batch1_ms": median_ms(cpu.run_batch, singles),
         "device_batch1_ms": median_ms(dev.run_batch, singles),
         "cpu_batch32_ms": median_ms(cpu.run_batch, b32),
         "device_batch32_ms": median_ms(dev.run_batch, b32),
+        "long_review": {  # one 20,000-character review, whole (the README's CPU figure is for this length)
+            "tokens": len(long_enc.ids),
+            "cpu_ms": median_ms(cpu.run_batch, [[long_enc]] * 5),
+            "device_ms": median_ms(dev.run_batch, [[long_enc]] * 5),
+            "cpu_diagnostics_ms": median_ms(lambda e: cpu.diagnose(long_text, e), [long_enc] * 3),
+            "device_diagnostics_ms": median_ms(lambda e: dev.diagnose(long_text, e), [long_enc] * 3),
+        },
     }
 
 
