@@ -36,7 +36,7 @@ from service.batch.writers import atomic_write_text
 from service.contract import DEFAULT_MODEL_NAME, DEFAULT_MODEL_ROOT
 from service.exceptions import UnknownModel
 from service.registry import ModelRegistry
-from service.runtime import ModelRuntime, ProviderError
+from service.runtime import CALL_TOKENS, ModelRuntime, ProviderError
 
 
 def resolve_model(model_dir: str | None, name: str | None) -> Path:
@@ -111,7 +111,14 @@ def build_parser() -> argparse.ArgumentParser:
     job.add_argument("--resume", action="store_true", help="continue an interrupted run into the same output")
     job.add_argument("--restart", action="store_true", help="discard an interrupted run's partial output and start over")
     job.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE, help="rows read, scored and checkpointed at once")
-    job.add_argument("--batch-size", type=int, default=64, help="rows per onnxruntime call")
+    job.add_argument("--batch-size", type=int, default=64, help="rows per onnxruntime call, at most (default: 64)")
+    job.add_argument(
+        "--max-batch-tokens",
+        type=int,
+        default=CALL_TOKENS,
+        help=f"padded tokens per onnxruntime call, at most (default: {CALL_TOKENS}, sized for CPU caches; a GPU may "
+        "want more); a longer text still gets a call of its own",
+    )
     job.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no summary on stderr")
     job.add_argument("--summary-json", help="also write the end-of-job summary to this file")
     ray = p.add_argument_group("ray")
@@ -128,8 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def make_job(args: argparse.Namespace) -> Job:
     """The options, checked (usage errors before the input or the model are touched), as one `Job`."""
-    if args.chunk_size < 1 or args.batch_size < 1:
-        raise InputError("--chunk-size and --batch-size must be at least 1")
+    if args.chunk_size < 1 or args.batch_size < 1 or args.max_batch_tokens < 1:
+        raise InputError("--chunk-size, --batch-size and --max-batch-tokens must be at least 1")
     if args.max_text_chars < 1 or (args.max_line_bytes is not None and args.max_line_bytes < 1):
         raise InputError("--max-text-chars and --max-line-bytes must be at least 1")
     if args.resume and args.restart:
@@ -159,6 +166,7 @@ def make_job(args: argparse.Namespace) -> Job:
         on_error=args.on_error,
         chunk_size=args.chunk_size,
         batch_size=args.batch_size,
+        max_batch_tokens=args.max_batch_tokens,
         resume=args.resume,
         restart=args.restart,
         max_text_chars=args.max_text_chars,

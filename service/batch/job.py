@@ -13,6 +13,7 @@ from pathlib import Path
 from service.batch.columns import output_columns, score_columns
 from service.batch.errors import InputError
 from service.batch.readers import MIN_MAX_LINE_BYTES, InputRow
+from service.runtime import CALL_TOKENS
 from service.settings import Settings
 
 INPUT_FORMATS = ("jsonl", "csv", "parquet", "text")
@@ -67,6 +68,7 @@ class Job:
     on_error: str = "skip"
     chunk_size: int = DEFAULT_CHUNK_SIZE
     batch_size: int = 64
+    max_batch_tokens: int = CALL_TOKENS
     resume: bool = False
     restart: bool = False
     max_text_chars: int = DEFAULT_MAX_TEXT_CHARS
@@ -96,6 +98,7 @@ class Job:
             "diagnostics",
             "chunk_size",
             "batch_size",
+            "max_batch_tokens",  # an int8 model's scores depend on which texts share a call
             "max_text_chars",
             "max_line_bytes",
         )

@@ -41,6 +41,7 @@ def score_chunk(rt: ModelRuntime, rows: list[InputRow], job: Job, tally: Tally) 
         job.diagnostics,
         job.text_field,
         job.max_text_chars,
+        job.max_batch_tokens,
     )
     results: list[dict] = [{"error": row.error} for row in rows]
     for (i, _), result in zip(readable, scored):

@@ -28,7 +28,7 @@ from service.batch.errors import InputError, JobError, RowFailure
 from service.batch.job import Job
 from service.batch.scoring import score_texts
 from service.batch.summary import Tally, summary
-from service.runtime import ModelRuntime
+from service.runtime import CALL_TOKENS, ModelRuntime
 
 ROW_COLUMN = "__row"  # the 1-based row number the CLI job zips onto the input (Ray has no row index of its own)
 
@@ -57,6 +57,7 @@ class SentimentPredictor:
         threads: int = 1,
         providers: str | None = None,
         prefix: str = "",
+        max_batch_tokens: int = CALL_TOKENS,
     ):
         self._tmp = None
         if type(artifact).__name__ == "ObjectRef":  # only when Ray Data did not resolve it for us
@@ -70,6 +71,7 @@ class SentimentPredictor:
             artifact = self._tmp.name
         self.rt = ModelRuntime(artifact, providers=providers, intra_op_threads=threads)
         self.text_field, self.batch_size, self.diagnostics, self.prefix = text_field, batch_size, diagnostics, prefix
+        self.max_batch_tokens = max_batch_tokens
         self.columns = [*score_columns(self.rt.manifest, diagnostics), ERROR_COLUMN]
 
     def __call__(self, batch):
@@ -86,7 +88,9 @@ class SentimentPredictor:
             texts = batch.column(self.text_field).to_pylist()
         else:  # pandas marks missing values NaN; a missing text is a bad row, not a float
             texts = [None if isinstance(v, float) and math.isnan(v) else v for v in list(batch[self.text_field])]
-        results = score_texts(self.rt, texts, self.batch_size, self.diagnostics, self.text_field)
+        results = score_texts(
+            self.rt, texts, self.batch_size, self.diagnostics, self.text_field, max_tokens=self.max_batch_tokens
+        )
         values = {c: [r.get(c) for r in results] for c in self.columns}
         if kind == "pyarrow":
             import pyarrow as pa
@@ -245,6 +249,7 @@ def run_job(job: Job) -> dict:
                 "artifact": artifact,
                 "text_field": job.text_field,
                 "batch_size": job.batch_size,
+                "max_batch_tokens": job.max_batch_tokens,
                 "diagnostics": job.diagnostics,
                 "threads": job.threads or 1,
                 "providers": job.providers,

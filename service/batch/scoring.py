@@ -5,6 +5,7 @@ the same rows. A value that cannot be scored (missing, not text, too long, nothi
 from __future__ import annotations
 
 from service.batch.columns import gate_columns
+from service.runtime import CALL_TOKENS
 from service.trust import TrustPolicy
 
 # The service's default thresholds (SENTIMENT_WARN_* settings; abstaining is off, as by default in the service).
@@ -41,13 +42,20 @@ def _row(rt, enc, probs) -> dict:
 
 
 def score_texts(
-    rt, values: list, batch_size: int = 64, diagnostics: bool = False, field: str = "text", max_chars: int | None = None
+    rt,
+    values: list,
+    batch_size: int = 64,
+    diagnostics: bool = False,
+    field: str = "text",
+    max_chars: int | None = None,
+    max_tokens: int = CALL_TOKENS,
 ) -> list[dict]:
     """One dict per value: label, score (P(positive)), num_tokens, truncated, unknown_share, warnings (+ the compact
     diagnostics), or only
     `error` for a value that cannot be scored (`max_chars`: longer texts are not scored).
 
-    Plain scoring goes through `ModelRuntime.predict` (length-sorted batches). With `diagnostics` each text runs the
+    Plain scoring goes through `ModelRuntime.predict` (length-sorted calls of at most `batch_size` texts and
+    `max_tokens` padded tokens). With `diagnostics` each text runs the
     diagnostics graph once, which also gives its probabilities (as the HTTP service's diagnostics do), so the
     scoring graph is not run for it as well."""
     results: list[dict] = [{} for _ in values]  # every slot is filled below: an error or a result
@@ -74,7 +82,7 @@ def score_texts(
     if not scorable:
         return results
     if not diagnostics:
-        probs = rt.predict([enc for _, enc in scorable], batch_size)
+        probs = rt.predict([enc for _, enc in scorable], batch_size, max_tokens)
         for (i, enc), row in zip(scorable, probs):
             results[i] = _row(rt, enc, row)
         return results

@@ -130,6 +130,32 @@ def test_some_reviews_are_truncated_and_length_sorting_keeps_input_order(tiny_ar
     assert set(rows[0]) == {"id", "label", "score", "num_tokens", "truncated", "unknown_share", "warnings"}  # + trust (#17)
 
 
+def test_max_batch_tokens_sets_the_size_of_each_onnxruntime_call(tiny_artifact, expected, tmp_path, monkeypatch):
+    # The calls are cut where --max-batch-tokens says (a GPU wants larger ones than the CPU-sized default), and the
+    # scores do not depend on it (an fp32 model).
+    src = write_input(tmp_path / "in.jsonl", REVIEWS, "jsonl")
+    calls: list[list[int]] = []
+    real = ModelRuntime.run_batch
+
+    def counting(self, encoded):
+        calls.append([e.num_tokens for e in encoded])
+        return real(self, encoded)
+
+    monkeypatch.setattr(ModelRuntime, "run_batch", counting)
+    sizes = {}
+    for budget in (1, 200, 100_000):
+        calls.clear()
+        out = tmp_path / f"out{budget}.jsonl"
+        assert run(tiny_artifact, src, "-o", out, "--batch-size", "1000", "--max-batch-tokens", budget) == 0
+        assert_matches(read_output(out, "jsonl"), REVIEWS, expected, [r["id"] for r in REVIEWS])
+        scoring = calls[1:]  # the first is the runtime's warm-up
+        assert sum(len(c) for c in scoring) == len(REVIEWS)
+        assert all(len(c) == 1 or len(c) * max(c) <= budget for c in scoring)
+        sizes[budget] = len(scoring)
+    assert sizes[1] == len(REVIEWS) > sizes[200] > sizes[100_000]
+    assert run(tiny_artifact, src, "-o", tmp_path / "x.jsonl", "--max-batch-tokens", "0") == 2
+
+
 def test_format_flags_override_the_extension(tiny_artifact, expected, tmp_path):
     src = write_input(tmp_path / "reviews.data", REVIEWS[:5], "csv")
     out = tmp_path / "scored.out"
