@@ -51,13 +51,11 @@ def score_texts(
     max_tokens: int = CALL_TOKENS,
 ) -> list[dict]:
     """One dict per value: label, score (P(positive)), num_tokens, truncated, unknown_share, warnings (+ the compact
-    diagnostics), or only
-    `error` for a value that cannot be scored (`max_chars`: longer texts are not scored).
+    diagnostics), or only `error` for a value that cannot be scored (`max_chars`: longer texts are not scored).
 
     Plain scoring goes through `ModelRuntime.predict` (length-sorted calls of at most `batch_size` texts and
-    `max_tokens` padded tokens). With `diagnostics` each text runs the
-    diagnostics graph once, which also gives its probabilities (as the HTTP service's diagnostics do), so the
-    scoring graph is not run for it as well."""
+    `max_tokens` padded tokens). With `diagnostics` each text runs the diagnostics graph once, which also gives its
+    probabilities (as the HTTP service's diagnostics do), so the scoring graph is not run for it as well."""
     results: list[dict] = [{} for _ in values]  # every slot is filled below: an error or a result
     ok = []
     for i, value in enumerate(values):
