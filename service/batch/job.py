@@ -98,7 +98,6 @@ class Job:
             "diagnostics",
             "chunk_size",
             "batch_size",
-            "max_batch_tokens",  # an int8 model's scores depend on which texts share a call
             "max_text_chars",
             "max_line_bytes",
         )
@@ -107,7 +106,10 @@ class Job:
             "version": manifest["version"],
             "sha256": manifest["files"]["model.onnx"].get("sha256"),
         }
-        return {**src, **{k: getattr(self, k) for k in keys}, "model": model}
+        # An int8 model's scores depend on which texts share a call, so a changed call budget is a different job; at
+        # its default it is left out, so runs checkpointed before the option existed still resume.
+        calls = {"max_batch_tokens": self.max_batch_tokens} if self.max_batch_tokens != CALL_TOKENS else {}
+        return {**src, **{k: getattr(self, k) for k in keys}, **calls, "model": model}
 
     def set_columns(self, manifest: dict) -> None:
         clash = [f for f in self.keep_fields if f in output_columns(manifest, self.diagnostics, [])]

@@ -21,6 +21,16 @@ from service.batch.writers import open_writer
 from service.runtime import ModelRuntime
 
 
+class _Default:
+    """An option a job identity leaves out at its default value, as a "different job" message names it."""
+
+    def __repr__(self) -> str:
+        return "the default"
+
+
+_DEFAULT = _Default()
+
+
 def jsonl_columns(rows: list[InputRow]) -> list[str] | None:
     """Fields seen in the first chunk of a JSONL input (None when no row there could be read)."""
     seen: dict[str, None] = {}
@@ -115,12 +125,14 @@ def run_local(job: Job, rt: ModelRuntime) -> dict:
             checkpoint.remove()
             previous = None
         if checkpoint is not None and previous is not None:
-            different = [k for k in identity if previous["job"].get(k) != identity[k]]
+            # Both sides' keys: an option left out at its default on one side is still a difference.
+            different = [k for k in {**previous["job"], **identity} if previous["job"].get(k) != identity.get(k)]
             if different:
                 k = different[0]
+                then, now = previous["job"].get(k, _DEFAULT), identity.get(k, _DEFAULT)
                 raise InputError(
-                    f"{checkpoint.path} belongs to a different job ({k}: {previous['job'].get(k)!r} "
-                    f"then, {identity[k]!r} now); rerun with the same options, or --restart"
+                    f"{checkpoint.path} belongs to a different job ({k}: {then!r} then, {now!r} now); rerun with "
+                    "the same options, or --restart"
                 )
         tally = Tally.from_state(previous["tally"]) if previous else Tally()
         skip = tally.rows

@@ -486,6 +486,15 @@ def test_resume_refuses_a_different_job_and_restart_starts_over(tiny_artifact, t
     capsys.readouterr()
     assert run(tiny_artifact, src, "-o", out, "--chunk-size", "20", "--resume", "--keep-fields", "title") == 2
     assert "different job (keep_fields" in capsys.readouterr().err
+    # another call budget is another job (an int8 model's scores depend on it), whichever side has the default
+    assert run(tiny_artifact, src, "-o", out, "--chunk-size", "20", "--resume", "--max-batch-tokens", "100") == 2
+    assert "different job (max_batch_tokens: the default then, 100 now)" in capsys.readouterr().err
+    with monkeypatch.context() as m:
+        Interrupt(m, writers.JsonlWriter, after=1)
+        assert run(tiny_artifact, src, "-o", out, "--chunk-size", "20", "--restart", "--max-batch-tokens", "100") == 130
+    capsys.readouterr()
+    assert run(tiny_artifact, src, "-o", out, "--chunk-size", "20", "--resume") == 2
+    assert "different job (max_batch_tokens: 100 then, the default now)" in capsys.readouterr().err
     with src.open("a") as fh:  # the input changed since the interrupted run
         fh.write(json.dumps({"text": "one more"}) + "\n")
     assert run(tiny_artifact, src, "-o", out, "--chunk-size", "20", "--resume") == 2
