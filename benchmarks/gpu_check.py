@@ -5,7 +5,8 @@
 2. parity: every shipped artifact scores the same texts on CPU and CUDA within 1e-4 (probabilities, running scores
    and gate means of the diagnostics graph; 5e-3 for an int8 twin);
 3. the HTTP app reports and labels the provider (/v1/models, /metrics);
-4. timings on both providers (batch 1 and 32, one 20,000-character review plain and with diagnostics), for information.
+4. timings on both providers (batch 1 and 32, one 20,000-character review plain and with diagnostics, and 512
+   reviews at the CPU-sized and a GPU-sized call budget), for information (GPU_CHECK_BATCH_REVIEWS=N: N reviews).
 
     python -m benchmarks.gpu_check [MODEL_ROOT]      (GPU_CHECK_PROVIDER=cpu runs it on a CPU-only machine: a dry run)
 """
@@ -23,7 +24,7 @@ import onnxruntime as ort
 
 from benchmarks.bench import REPO, synthetic_reviews
 from service.artifacts import discover
-from service.runtime import PROVIDER_ALIASES, ModelRuntime, select_providers
+from service.runtime import CALL_TOKENS, PROVIDER_ALIASES, ModelRuntime, select_providers
 
 TOLERANCE = 1e-4
 # An int8 twin quantizes its activations per call, and its DynamicQuantizeLSTM is a CPU-only contrib op whose result
@@ -39,6 +40,27 @@ def median_ms(fn, items) -> float:
         fn(item)
         times.append(time.perf_counter() - start)
     return float(np.median(times)) * 1e3
+
+
+# The call budgets the batch comparison tries: the CPU-sized default and one sized for a GPU (`--batch-size` and
+# `--max-batch-tokens` of sentiment-score, SENTIMENT_MAX_BATCH_ITEMS / _TOKENS of the service).
+CALL_BUDGETS = ((64, CALL_TOKENS), (256, 65_536))
+
+
+def call_budgets(rt: ModelRuntime, encoded: list) -> dict:
+    """Reviews per second through `ModelRuntime.predict` at each call budget (the best of two passes)."""
+    out = {}
+    for items, tokens in CALL_BUDGETS:
+        rt.predict(encoded[:32], items, tokens)
+        best = min(_timed(rt.predict, encoded, items, tokens) for _ in range(2))
+        out[f"{items}_texts_{tokens}_tokens_per_s"] = round(len(encoded) / best, 1)
+    return out
+
+
+def _timed(fn, *args) -> float:
+    start = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - start
 
 
 def check_model(directory: Path, device: str, failures: list[str]) -> dict:
@@ -62,6 +84,11 @@ def check_model(directory: Path, device: str, failures: list[str]) -> dict:
     if max(prob_diff, diag_diff) > tolerance:
         failures.append(f"{directory}: CPU vs {dev.provider} differ by {max(prob_diff, diag_diff):.2e} > {tolerance}")
     singles, b32 = [[e] for e in encoded[:40]], [encoded[i : i + 32] for i in range(0, 128, 32)]
+    # Reviews of about two synthetic ones each (~550 tokens, IMDB's long side) for the call-budget comparison;
+    # GPU_CHECK_BATCH_REVIEWS shortens it (the CPU dry run in the tests).
+    n = int(os.environ.get("GPU_CHECK_BATCH_REVIEWS", "512"))
+    pairs = synthetic_reviews(directory / "tokenizer.json", 2 * n, seed=3)
+    batch = cpu.encode([pairs[i] + " " + pairs[i + 1] for i in range(0, 2 * n, 2)])
     long_text = " ".join(synthetic_reviews(directory / "tokenizer.json", 200, seed=2))[:20_000]
     long_enc = cpu.encode([long_text])[0]
     return {
@@ -73,6 +100,7 @@ def check_model(directory: Path, device: str, failures: list[str]) -> dict:
         "device_batch1_ms": median_ms(dev.run_batch, singles),
         "cpu_batch32_ms": median_ms(cpu.run_batch, b32),
         "device_batch32_ms": median_ms(dev.run_batch, b32),
+        "call_budgets": {"cpu": call_budgets(cpu, batch), "device": call_budgets(dev, batch)},
         "long_review": {  # one 20,000-character review, whole (the README's CPU figure is for this length)
             "tokens": len(long_enc.ids),
             "cpu_ms": median_ms(cpu.run_batch, [[long_enc]] * 5),

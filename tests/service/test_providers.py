@@ -77,7 +77,7 @@ def test_the_gpu_check_runs_end_to_end_as_a_cpu_dry_run():
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks.gpu_check", str(repo / "exported")],
         cwd=repo,
-        env={**os.environ, "GPU_CHECK_PROVIDER": "cpu"},
+        env={**os.environ, "GPU_CHECK_PROVIDER": "cpu", "GPU_CHECK_BATCH_REVIEWS": "32"},
         capture_output=True,
         text=True,
         timeout=300,
@@ -88,4 +88,5 @@ def test_the_gpu_check_runs_end_to_end_as_a_cpu_dry_run():
     lstm = report["models"]["imdb-lstm"]
     assert lstm["tolerance"] == 1e-4 and lstm["max_abs_diff_probabilities"] <= 1e-4
     assert lstm["long_review"]["tokens"] > 3000
+    assert set(lstm["call_budgets"]["device"]) == {"64_texts_4096_tokens_per_s", "256_texts_65536_tokens_per_s"}
     assert report["models"]["imdb-lstm-int8"]["tolerance"] == 5e-3
