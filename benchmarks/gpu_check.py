@@ -48,19 +48,12 @@ CALL_BUDGETS = ((64, CALL_TOKENS), (256, 65_536))
 
 
 def call_budgets(rt: ModelRuntime, encoded: list) -> dict:
-    """Reviews per second through `ModelRuntime.predict` at each call budget (the best of two passes)."""
+    """Reviews per second through `ModelRuntime.predict` at each call budget (median of three passes after a warm-up)."""
     out = {}
     for items, tokens in CALL_BUDGETS:
-        rt.predict(encoded[:32], items, tokens)
-        best = min(_timed(rt.predict, encoded, items, tokens) for _ in range(2))
-        out[f"{items}_texts_{tokens}_tokens_per_s"] = round(len(encoded) / best, 1)
+        ms = median_ms(lambda budget: rt.predict(encoded, *budget), [(items, tokens)] * 3)
+        out[f"{items}_texts_{tokens}_tokens_per_s"] = round(len(encoded) / ms * 1e3, 1)
     return out
-
-
-def _timed(fn, *args) -> float:
-    start = time.perf_counter()
-    fn(*args)
-    return time.perf_counter() - start
 
 
 def check_model(directory: Path, device: str, failures: list[str]) -> dict:

@@ -16,6 +16,7 @@ from service import runtime
 from service.runtime import ModelRuntime, ProviderError, select_providers
 
 CPU, CUDA, TRT = "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_default_prefers_cuda_when_onnxruntime_offers_it():
@@ -55,7 +56,7 @@ def test_cuda_sessions_are_asked_for_full_fp32_matmuls(monkeypatch):
 
     monkeypatch.setattr(runtime.ort, "get_available_providers", lambda: [CUDA, CPU])
     monkeypatch.setattr(runtime.ort, "InferenceSession", recording)
-    rt = ModelRuntime(Path(__file__).resolve().parents[2] / "exported" / "imdb-lstm")
+    rt = ModelRuntime(REPO / "exported" / "imdb-lstm")
     assert rt.providers == [CUDA, CPU]
     assert seen == [[(CUDA, {"use_tf32": "0"}), CPU]] * 2
 
@@ -73,10 +74,9 @@ def test_the_provider_in_use_is_reported_and_labelled(make_client):
 def test_the_gpu_check_runs_end_to_end_as_a_cpu_dry_run():
     # `make gpu-check` only runs where a GPU is lent; its dry run keeps the script from rotting in between: every
     # shipped artifact checked for parity at its own tolerance (the int8 twin's is looser), the app reporting it.
-    repo = Path(__file__).resolve().parents[2]
     proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.gpu_check", str(repo / "exported")],
-        cwd=repo,
+        [sys.executable, "-m", "benchmarks.gpu_check", str(REPO / "exported")],
+        cwd=REPO,
         env={**os.environ, "GPU_CHECK_PROVIDER": "cpu", "GPU_CHECK_BATCH_REVIEWS": "32"},
         capture_output=True,
         text=True,
