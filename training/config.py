@@ -107,6 +107,9 @@ class TrainConfig:
     # Embeddings: "random", "word2vec" (trained on train + unsup reviews) or a GloVe-format text file path
     embeddings: str = "word2vec"
     w2v_epochs: int = 5
+    # A language-model-pretrained embedding and recurrent layer to start from (`python -m training.pretrain`, which
+    # writes the run's lm.pt); read by the first stage only. "" = start from the embeddings above.
+    init_from: str = ""
     # Optimisation
     epochs: int = 6
     batch_size: int = 64

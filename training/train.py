@@ -152,6 +152,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     model = RecurrentClassifier(cfg.model)
     if prepared["embeddings"] is not None and cfg.embeddings != "random":
         model.load_embeddings(prepared["embeddings"])
+    if cfg.init_from and not (resume and ckpt_path.exists()):
+        load_pretrained(model, cfg.init_from)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     state = {"epoch": 0, "best_acc": -1.0, "best_state": None, "history": [], "bad_epochs": 0, "elapsed": 0.0}
     if resume and ckpt_path.exists():
@@ -265,6 +267,17 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         )
         tmp.replace(ckpt_path)  # atomic: a stop mid-save keeps the previous checkpoint
     return finish(cfg, model, state, prepared, out)
+
+
+def load_pretrained(model: RecurrentClassifier, path: str) -> None:
+    """The embedding and recurrent layers of a language-model pretraining (training/pretrain.py)."""
+    state = torch.load(path, weights_only=False)["network"]
+    own = model.state_dict()
+    wrong = [k for k, v in state.items() if k not in own or own[k].shape != v.shape]
+    if wrong:
+        raise ValueError(f"{path}: pretrained for another network ({', '.join(wrong[:3])} differ)")
+    model.load_state_dict(state, strict=False)
+    log.info("started from the pretrained %s (%d tensors)", path, len(state))
 
 
 def residual_setup(cfg: TrainConfig, prepared: dict, out: Path) -> dict:
