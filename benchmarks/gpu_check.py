@@ -62,7 +62,11 @@ def check_model(directory: Path, device: str, failures: list[str]) -> dict:
     wanted = PROVIDER_ALIASES[device]
     if dev.provider != wanted:
         failures.append(f"{directory}: asked for {wanted}, the session runs on {dev.provider} (CUDA libraries missing?)")
-    texts = synthetic_reviews(directory / "tokenizer.json", 128, seed=1)
+    # Reviews of about two synthetic ones each (~550 tokens, IMDB's long side) for the call-budget comparison;
+    # GPU_CHECK_BATCH_REVIEWS shortens it (the CPU dry run in the tests). One draw: the vocabulary is read once.
+    n = int(os.environ.get("GPU_CHECK_BATCH_REVIEWS", "512"))
+    drawn = synthetic_reviews(directory / "tokenizer.json", 128 + 2 * n + 200, seed=1)
+    texts, pairs, long_parts = drawn[:128], drawn[128 : 128 + 2 * n], drawn[128 + 2 * n :]
     encoded = cpu.encode(texts)
     p_cpu, p_dev = cpu.predict(encoded), dev.predict(encoded)
     prob_diff = float(np.abs(p_cpu - p_dev).max())
@@ -77,12 +81,8 @@ def check_model(directory: Path, device: str, failures: list[str]) -> dict:
     if max(prob_diff, diag_diff) > tolerance:
         failures.append(f"{directory}: CPU vs {dev.provider} differ by {max(prob_diff, diag_diff):.2e} > {tolerance}")
     singles, b32 = [[e] for e in encoded[:40]], [encoded[i : i + 32] for i in range(0, 128, 32)]
-    # Reviews of about two synthetic ones each (~550 tokens, IMDB's long side) for the call-budget comparison;
-    # GPU_CHECK_BATCH_REVIEWS shortens it (the CPU dry run in the tests).
-    n = int(os.environ.get("GPU_CHECK_BATCH_REVIEWS", "512"))
-    pairs = synthetic_reviews(directory / "tokenizer.json", 2 * n, seed=3)
     batch = cpu.encode([pairs[i] + " " + pairs[i + 1] for i in range(0, 2 * n, 2)])
-    long_text = " ".join(synthetic_reviews(directory / "tokenizer.json", 200, seed=2))[:20_000]
+    long_text = " ".join(long_parts)[:20_000]
     long_enc = cpu.encode([long_text])[0]
     return {
         "provider": dev.provider,
