@@ -37,6 +37,14 @@ def render(manifest: dict, comparison_md: str | None = None, notes: str | None =
         f"reviews from {counts.get('val_films', '?')} films held out *by film* (no film on both sides).",
         f"- Embeddings pretrained with word2vec on the training reviews plus {counts.get('unlabeled', 0)} unlabeled "
         "reviews (train/unsup) when `word2vec` is named above.",
+        *(
+            [
+                "- Embedding and recurrent layer then pretrained as a language model (next word, sampled softmax) on the "
+                "same reviews before the first epoch (`python -m training.pretrain`, Dai & Le 2015)."
+            ]
+            if tr["config"].get("init_from")
+            else []
+        ),
         "",
         "## Validation metrics",
         f"- Accuracy: **{met['val_accuracy']:.4f}**{_interval(met, counts)} (best epoch {met.get('best_epoch')} of "
