@@ -151,8 +151,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chunk", type=int, default=128)
     parser.add_argument("--negatives", type=int, default=1024)
     parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--force", action="store_true", help="pretrain again even if the run has an lm.pt")
     args = parser.parse_args(argv)
     out = Path(args.run)
+    if (out / "lm.pt").exists() and not args.force:
+        # `make train` after a stop: the pretraining is done (and deterministic), so it is not redone.
+        log.info("%s exists: kept (--force pretrains again)", out / "lm.pt")
+        return 0
     out.mkdir(parents=True, exist_ok=True)
     cfg = TrainConfig(data=args.data, out_dir=str(out))
     cfg.model.hidden_size, cfg.model.embedding_dim, cfg.model.bidirectional = args.hidden_size, args.embedding_dim, False
@@ -165,7 +170,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"training.pretrain: error: {exc}", file=sys.stderr)
         return 2
     state, history = pretrain(cfg, prepared, unlabeled, args.epochs, args.chunk, args.negatives, args.lr)
-    torch.save({"network": state, "model_config": cfg.model, "history": history, "settings": vars(args)}, out / "lm.pt")
+    tmp = out / "lm.pt.tmp"
+    torch.save({"network": state, "model_config": cfg.model, "history": history, "settings": vars(args)}, tmp)
+    tmp.replace(out / "lm.pt")  # atomic: a stop mid-save leaves no half-written lm.pt to be kept
     log.info("wrote %s", out / "lm.pt")
     return 0
 

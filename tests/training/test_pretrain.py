@@ -59,3 +59,13 @@ def test_a_run_started_from_a_pretraining_begins_from_its_weights(imdb_fixture_d
     cfg.model.hidden_size += 1
     with pytest.raises(ValueError, match="pretrained for another network"):
         train(cfg)
+
+
+def test_a_finished_pretraining_is_kept_when_make_train_runs_again(tmp_path):
+    from training.pretrain import main
+
+    (tmp_path / "lm.pt").write_bytes(b"done")
+    # No data is read: the --data path does not even exist.
+    assert main(["--run", str(tmp_path), "--data", str(tmp_path / "missing.tar.gz")]) == 0
+    assert (tmp_path / "lm.pt").read_bytes() == b"done"
+    assert main(["--run", str(tmp_path), "--data", str(tmp_path / "missing.tar.gz"), "--force"]) == 2  # redone: no data
