@@ -32,6 +32,8 @@ from training.batches import batches
 from training.config import TrainConfig
 from training.data import load_unlabeled
 from training.models import RecurrentClassifier
+from training.pseudo import encode_unlabeled
+from training.train import initial_network, prepare
 
 log = logging.getLogger("sentiment.pretrain")
 
@@ -92,9 +94,7 @@ def pretrain(
     `unlabeled`; and a log row per epoch."""
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(max(1, cfg.threads))
-    network = RecurrentClassifier(cfg.model)
-    if prepared["embeddings"] is not None and cfg.embeddings != "random":
-        network.load_embeddings(prepared["embeddings"])
+    network = initial_network(cfg, prepared)
     rows = chunks([np.asarray(r, np.int64) for r in prepared["train"][0]] + list(unlabeled), chunk)
     counts = np.bincount(np.concatenate(rows), minlength=cfg.model.vocab_size)
     lm = SampledSoftmaxLM(network, counts, negatives)
@@ -137,13 +137,15 @@ def pretrain(
 
 
 def main(argv: list[str] | None = None) -> int:
-    from training.train import make_text_tokenizer, prepare
-
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     parser = argparse.ArgumentParser(
         prog="python -m training.pretrain", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--run", required=True, help="run folder: its checkpoint's or these settings' data and network")
+    parser.add_argument(
+        "--run",
+        required=True,
+        help="run folder: its prepared.pt (split, tokenizer, word2vec) is used, or made with the default settings",
+    )
     parser.add_argument("--data", default=TrainConfig.data)
     parser.add_argument("--hidden-size", type=int, default=192)
     parser.add_argument("--embedding-dim", type=int, default=100)
@@ -163,9 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg.model.hidden_size, cfg.model.embedding_dim, cfg.model.bidirectional = args.hidden_size, args.embedding_dim, False
     try:
         prepared = prepare(cfg, out)
-        cfg.model.vocab_size = len(Tokenizer.from_str(prepared["tokenizer_json"]).get_vocab())
-        tokenizer = make_text_tokenizer(Tokenizer.from_str(prepared["tokenizer_json"]), cfg)
-        unlabeled = [np.asarray(e.ids, np.int64) for e in tokenizer.encode_batch(load_unlabeled(cfg.data))]
+        cfg.model.vocab_size = Tokenizer.from_str(prepared["tokenizer_json"]).get_vocab_size()
+        unlabeled = encode_unlabeled(load_unlabeled(cfg.data), prepared["tokenizer_json"], cfg)
     except (OSError, ValueError) as exc:
         print(f"training.pretrain: error: {exc}", file=sys.stderr)
         return 2

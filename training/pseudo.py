@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 def pseudo_labels(cfg, model, state: dict, prepared: dict, out: Path) -> dict:
     """{"ids": token ids per unlabeled review, "positive": P(positive) by the best model so far, "epoch"}."""
-    from training.train import make_text_tokenizer, predict_logits
+    from training.train import predict_logits
 
     cache = out / "pseudo.pt"
     if cache.exists():
@@ -38,10 +38,7 @@ def pseudo_labels(cfg, model, state: dict, prepared: dict, out: Path) -> dict:
     texts = load_unlabeled(cfg.data)
     if not texts:
         raise ValueError(f"{cfg.data}: no unlabeled reviews (train/unsup) for self-training")
-    tokenizer = make_text_tokenizer(Tokenizer.from_str(prepared["tokenizer_json"]), cfg)
-    ids = [np.asarray(enc.ids, np.int64) for enc in tokenizer.encode_batch(texts)]
-    keep = [i for i, row in enumerate(ids) if len(row)]
-    ids = [ids[i] for i in keep]
+    ids = encode_unlabeled(texts, prepared["tokenizer_json"], cfg)
     current = {k: v.clone() for k, v in model.state_dict().items()}
     model.load_state_dict(state["best_state"])  # the network with its n-gram branch and mix, as it would ship
     # predict_logits returns rows in its own (length-bucketed) order; the "labels" it carries are the row indices.
@@ -60,6 +57,16 @@ def pseudo_labels(cfg, model, state: dict, prepared: dict, out: Path) -> dict:
         100 * float((np.abs(positive - 0.5) >= cfg.pseudo_margin).mean()),
     )
     return labels
+
+
+def encode_unlabeled(texts: list[str], tokenizer_json: str, cfg) -> list[np.ndarray]:
+    """Token ids of the unlabeled reviews, as the run's tokenizer and truncation give them; empty ones dropped.
+    Shared by self-training and language-model pretraining (training/pretrain.py)."""
+    from training.train import make_text_tokenizer
+
+    tokenizer = make_text_tokenizer(Tokenizer.from_str(tokenizer_json), cfg)
+    ids = [np.asarray(enc.ids, np.int64) for enc in tokenizer.encode_batch(texts)]
+    return [row for row in ids if len(row)]
 
 
 def epoch_sample(labels: dict, margin: float, count: int, seed: int) -> tuple[list[np.ndarray], list[int]]:

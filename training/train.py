@@ -149,9 +149,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
 
         cfg.model.negation_window = cfg.negation_window
         cfg.model.negation_ids, cfg.model.scope_break_ids = negation_ids(vocab) if cfg.negation_window else ((), ())
-    model = RecurrentClassifier(cfg.model)
-    if prepared["embeddings"] is not None and cfg.embeddings != "random":
-        model.load_embeddings(prepared["embeddings"])
+    model = initial_network(cfg, prepared)
     if cfg.init_from and not (resume and ckpt_path.exists()):
         load_pretrained(model, cfg.init_from)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -267,6 +265,14 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         )
         tmp.replace(ckpt_path)  # atomic: a stop mid-save keeps the previous checkpoint
     return finish(cfg, model, state, prepared, out)
+
+
+def initial_network(cfg: TrainConfig, prepared: dict) -> RecurrentClassifier:
+    """A new network with the run's initial embeddings (word2vec or GloVe; random ones stay as torch drew them)."""
+    model = RecurrentClassifier(cfg.model)
+    if prepared["embeddings"] is not None and cfg.embeddings != "random":
+        model.load_embeddings(prepared["embeddings"])
+    return model
 
 
 def load_pretrained(model: RecurrentClassifier, path: str) -> None:
