@@ -79,6 +79,11 @@ class TrainConfig:
     # Sentence crops (1-3 consecutive sentences of a training review, with its label) added each epoch: teaches the
     # recurrent part short texts ("Not bad at all!") that whole reviews rarely isolate. Share of reviews cropped.
     crop_share: float = 0.5
+    # Share of the short texts drawn each epoch (crops, negation and contrast examples) whose final "." / "!" / "?"
+    # is removed. They all end at a full stop, so without this the network learns to settle its verdict there and
+    # the stop, not the sentiment word, takes the credit ("The plot was dreadful." -> "." ranked first); users also
+    # type snippets without one ("not bad at all"). Whole reviews keep theirs. 0 = off (earlier recipes).
+    end_drop: float = 0.0
     # Counterfactual negation pairs per epoch (and half as many "A, but B" contrasts), built from training sentences
     # (training/augment.py): review labels alone teach that "not bad" is negative. 0 = off.
     augment: int = 6000

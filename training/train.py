@@ -26,7 +26,7 @@ from service.contract import TRUNCATIONS
 from service.tokenization import TextTokenizer
 from training.adversarial import adversarial_step
 from training.augment import augmentation
-from training.batches import batches, sentence_crops, sentence_enders
+from training.batches import batches, drop_final_enders, sentence_crops, sentence_enders
 from training.calibration import expected_calibration_error, fit_temperature
 from training.config import ModelConfig, TrainConfig
 from training.data import DataError, grouped_split, load_labeled, load_unlabeled
@@ -128,6 +128,7 @@ RESUME_OVERRIDES = (
     "negation_phrases",
     "negation_contractions",
     "ngram_offset",
+    "end_drop",
 )
 
 
@@ -178,6 +179,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         aug_ids, aug_y = augmentation(
             train_ids, train_y, vocab, cfg.augment, cfg.seed + epoch, cfg.negation_phrases, cfg.negation_contractions
         )
+        crop_ids = drop_final_enders(crop_ids, enders, cfg.end_drop, cfg.seed + epoch)
+        aug_ids = drop_final_enders(aug_ids, enders, cfg.end_drop, cfg.seed + epoch + 1)
         pseudo_ids, pseudo_y = (
             epoch_sample(prepared["pseudo"], cfg.pseudo_margin, cfg.pseudo_per_epoch, cfg.seed + epoch)
             if "pseudo" in prepared
