@@ -3,6 +3,7 @@
 
     .venv/bin/python -m tests.quality.probes                                   # the service's default model
     .venv/bin/python -m tests.quality.probes --model-dir exported/imdb-gru --json gru.json
+    .venv/bin/python -m tests.quality.probes --bare      # the probes typed without their final "." / "!" / "?"
 
 A probe passes when the model's most probable label is the probe's label.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -34,21 +36,34 @@ def default_runtime(settings: Settings | None = None) -> ModelRuntime:
     return ModelRegistry.load(settings or Settings()).get(None)
 
 
+def without_final_punctuation(probes: list[dict]) -> list[dict]:
+    """The probes as users often type them: without the final "." / "!" / "?" (or a run of them)."""
+    return [dict(p, text=re.sub(r"[.!?]+\s*$", "", p["text"])) for p in probes]
+
+
+def verdict_changes(before: dict, after: dict) -> int:
+    """How many probes two reports of the same probes (in the same order, e.g. with and without final punctuation)
+    label differently: with two labels, a probe's verdict changes exactly when its pass/fail does."""
+    return sum(a != b for a, b in zip(before["passed"], after["passed"]))
+
+
 def _rate(passed: int, total: int) -> dict:
     return {"passed": passed, "total": total, "pass_rate": passed / total if total else 0.0}
 
 
 def run_probes(runtime: ModelRuntime, probes: list[dict] | None = None) -> dict:
     """Scores every probe; returns {"model", "version", "overall", "categories": {name: {passed, total, pass_rate}},
-    "failures": [{category, label, predicted, positive, text}]}, categories in the probe file's order."""
+    "failures": [{category, label, predicted, positive, text}], "passed": [bool per probe]}, categories in the probe
+    file's order."""
     probes = load_probes() if probes is None else probes
     probs = runtime.predict(runtime.encode([p["text"] for p in probes]))
     counts: dict[str, list[int]] = {}
-    failures = []
+    failures, passed_each = [], []
     for probe, row in zip(probes, probs):
         predicted = runtime.labels[int(row.argmax())]
         tally = counts.setdefault(probe["category"], [0, 0])
         tally[1] += 1
+        passed_each.append(predicted == probe["label"])
         if predicted == probe["label"]:
             tally[0] += 1
         else:
@@ -68,6 +83,7 @@ def run_probes(runtime: ModelRuntime, probes: list[dict] | None = None) -> dict:
         "overall": _rate(passed, len(probes)),
         "categories": {name: _rate(*c) for name, c in counts.items()},
         "failures": failures,
+        "passed": passed_each,  # per probe, in the file's order
     }
 
 
@@ -91,6 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-dir", type=Path, help="an artifact directory (default: the service's default model)")
     parser.add_argument("--json", type=Path, metavar="OUT", help="also write the full report (failures included) here")
     parser.add_argument("--failures", action="store_true", help="print every failed probe after the table")
+    parser.add_argument(
+        "--bare", action="store_true", help="score the probes without their final punctuation; count changed verdicts"
+    )
     args = parser.parse_args(argv)
     try:
         runtime = ModelRuntime(args.model_dir) if args.model_dir else default_runtime()
@@ -98,7 +117,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"probes: error: {exc}", file=sys.stderr)
         return 2
     report = run_probes(runtime)
+    if args.bare:
+        bare = run_probes(runtime, without_final_punctuation(load_probes()))
+        changed = verdict_changes(report, bare)
+        report = bare
     print(format_table(report))
+    if args.bare:
+        print(f"without final punctuation: {changed} of {len(report['passed'])} verdicts change")
     if args.failures and report["failures"]:
         print("failures:\n" + format_failures(report))
     if args.json:

@@ -13,7 +13,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from .probes import default_runtime, format_failures, format_table, load_probes, main, run_probes
+from .probes import (
+    default_runtime,
+    format_failures,
+    format_table,
+    load_probes,
+    main,
+    run_probes,
+    verdict_changes,
+    without_final_punctuation,
+)
 from .templates import CATEGORIES, LABELS, SINGLE_LABEL, build
 
 REPO = Path(__file__).resolve().parents[2]
@@ -87,6 +96,40 @@ def test_run_probes_counts_passes_and_failures():
     )
     table = format_table(report)
     assert "negated_positive" in table and f"{positives / len(probes):.1%}" in table
+
+
+def test_bare_probes_lose_only_their_final_punctuation():
+    probes = load_probes()
+    bare = without_final_punctuation(probes)
+    assert [p["label"] for p in bare] == [p["label"] for p in probes]
+    for before, after in zip(probes, bare):
+        assert before["text"].startswith(after["text"]) and after["text"]
+        assert after["text"][-1] not in ".!?" and set(before["text"][len(after["text"]) :]) <= set(".!? ")
+    assert sum(b["text"] != p["text"] for b, p in zip(bare, probes)) > 0.9 * len(probes)
+
+
+class PunctuationReader(AlwaysPositive):
+    """Calls a text positive when it ends with punctuation, negative otherwise."""
+
+    def predict(self, encoded):
+        return np.array([[0.2, 0.8] if t[-1] in ".!?" else [0.8, 0.2] for t in encoded], np.float32)
+
+
+def test_verdict_changes_count_the_probes_labelled_differently():
+    probes = load_probes()
+    reader = PunctuationReader()
+    before, after = run_probes(reader, probes), run_probes(reader, without_final_punctuation(probes))
+    ending = sum(p["text"][-1] in ".!?" for p in probes)
+    assert verdict_changes(before, after) == ending
+    assert verdict_changes(before, before) == 0
+
+
+def test_cli_bare_reports_the_probes_without_final_punctuation(default_rt, default_report, capsys):
+    assert main(["--model-dir", str(default_rt.directory), "--bare"]) == 0
+    out = capsys.readouterr().out
+    bare = run_probes(default_rt, without_final_punctuation(load_probes()))
+    changed = verdict_changes(default_report, bare)
+    assert out.strip() == format_table(bare) + f"\nwithout final punctuation: {changed} of {len(bare['passed'])} verdicts change"
 
 
 def test_cli_writes_the_report(default_rt, default_report, tmp_path, capsys):
