@@ -64,7 +64,7 @@ def run_probes(runtime: ModelRuntime, probes: list[dict] | None = None) -> dict:
         tally = counts.setdefault(probe["category"], [0, 0])
         tally[1] += 1
         passed_each.append(predicted == probe["label"])
-        if predicted == probe["label"]:
+        if passed_each[-1]:
             tally[0] += 1
         else:
             failures.append(
@@ -116,9 +116,10 @@ def main(argv: list[str] | None = None) -> int:
     except ArtifactError as exc:
         print(f"probes: error: {exc}", file=sys.stderr)
         return 2
-    report = run_probes(runtime)
+    probes = load_probes()
+    report = run_probes(runtime, probes)
     if args.bare:
-        bare = run_probes(runtime, without_final_punctuation(load_probes()))
+        bare = run_probes(runtime, without_final_punctuation(probes))
         changed = verdict_changes(report, bare)
         report = bare
     print(format_table(report))

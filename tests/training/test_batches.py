@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from training import train as train_mod
 from training.batches import drop_final_enders, sentence_crops
@@ -78,7 +79,7 @@ def test_a_run_with_end_drop_trains_on_short_texts_without_final_punctuation(
 
     monkeypatch.setattr(train_mod, "batches", spy)
     train_mod.train(config(imdb_fixture_dir, tmp_path / "run", epochs=1, end_drop=share, crop_share=1.0))
-    prepared = __import__("torch").load(tmp_path / "run" / "prepared.pt", weights_only=False)
+    prepared = torch.load(tmp_path / "run" / "prepared.pt", weights_only=False)
     n_reviews = len(prepared["train"][0])
     enders = train_mod.sentence_enders(prepared["tokenizer_json"])
     (epoch,) = seen
