@@ -129,6 +129,7 @@ RESUME_OVERRIDES = (
     "negation_contractions",
     "ngram_offset",
     "end_drop",
+    "mix_on_crops",
 )
 
 
@@ -330,6 +331,13 @@ def predict_parts(model: RecurrentClassifier, ids, labels, batch_size: int = 256
     return torch.cat(rnn), torch.cat(ngram), torch.cat(ys)
 
 
+def mix_crops(cfg: TrainConfig, prepared: dict) -> tuple[list[np.ndarray], list[int]]:
+    """One sentence crop of each validation review with its label, for fitting the mix: drawn with another seed than
+    the crops `finish` reports ECE on, so that figure is not measured on the texts the mix was fitted to."""
+    ids, labels, _ = sentence_crops(*prepared["val"], sentence_enders(prepared["tokenizer_json"]), 1.0, cfg.seed + 1)
+    return ids, labels
+
+
 def fit_branch(cfg: TrainConfig, model: RecurrentClassifier, prepared: dict, out: Path) -> dict:
     """NBSVM weights for the n-gram branch (cached in the run folder per C), then the mix on validation; accuracy
     of each part alone."""
@@ -359,7 +367,11 @@ def fit_branch(cfg: TrainConfig, model: RecurrentClassifier, prepared: dict, out
     with torch.no_grad():
         model.ngram.weight.copy_(torch.from_numpy(weights)[:, None])
     rnn, ngram, y = predict_parts(model, *prepared["val"])
-    mix = fit_mix(rnn, ngram, y)
+    if cfg.mix_on_crops:
+        crops = predict_parts(model, *mix_crops(cfg, prepared))
+        mix = fit_mix(*(torch.cat(pair) for pair in zip((rnn, ngram, y), crops)))
+    else:
+        mix = fit_mix(rnn, ngram, y)
     model.mix.copy_(torch.tensor(mix))
     combined = mix[0] * (rnn[:, 1] - rnn[:, 0]) + mix[1] * ngram + mix[2]
     return {

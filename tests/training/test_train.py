@@ -154,6 +154,42 @@ def test_an_ngram_run_picks_epochs_by_the_whole_model_and_exports_exact_diagnost
     assert abs(got - expected).max() < 1e-5
 
 
+def test_mix_on_crops_fits_the_mix_on_validation_reviews_and_other_crops_of_them(imdb_fixture_dir, tiny_config_factory, tmp_path):
+    """`--resume --mix-on-crops` on a finished n-gram run refits only the mix: on the validation reviews plus one
+    crop of each, drawn with another seed than the crops whose ECE is reported; the network is unchanged."""
+    import numpy as np
+
+    from training.train import fit_mix, mix_crops, predict_parts
+
+    _, argv = tiny_config_factory
+    out = tmp_path / "mixcrops"
+    base = argv(imdb_fixture_dir, out, epochs=1, bidirectional=False, ngram_buckets=101, ngram_c=1.0, crop_share=1.0)
+    assert main(base) == 0
+    before = json.loads((out / "metrics.json").read_text())
+    assert main(base + ["--resume", "--mix-on-crops"]) == 0
+    after = json.loads((out / "metrics.json").read_text())
+    model, saved = load_run(out)
+    cfg, prepared = saved["train_config"], torch.load(out / "prepared.pt", weights_only=False)
+    crops, labels = mix_crops(cfg, prepared)
+    val_ids, val_y = prepared["val"]
+    assert len(crops) >= 2  # the fixture's validation reviews are mostly one sentence
+    for crop, label in zip(crops, labels):  # each a contiguous piece of a validation review, with its label
+        assert any(
+            y == label and any(r[i : i + len(crop)].tolist() == crop.tolist() for i in range(len(r) - len(crop) + 1))
+            for r, y in zip(val_ids, val_y)
+        )
+    reported, _, _ = train_mod.sentence_crops(
+        val_ids, val_y, train_mod.sentence_enders(prepared["tokenizer_json"]), 1.0, cfg.seed
+    )
+    assert [c.tolist() for c in crops] != [c.tolist() for c in reported]
+    parts = [torch.cat(pair) for pair in zip(predict_parts(model, val_ids, val_y), predict_parts(model, crops, labels))]
+    assert np.allclose(after["mix"], fit_mix(*parts), atol=1e-4)
+    # the run's first mix was the reviews-only fit of this same network
+    assert np.allclose(before["mix"], fit_mix(*predict_parts(model, val_ids, val_y)), atol=1e-4)
+    assert not np.allclose(after["mix"], before["mix"], atol=1e-4)
+    assert after["history"] == before["history"]  # no epoch was trained again
+
+
 # --- calibration ------------------------------------------------------------------------------------------------
 
 
