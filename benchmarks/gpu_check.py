@@ -3,7 +3,7 @@
 1. provider selection: onnxruntime offers CUDA, the default selection puts it first, `SENTIMENT_PROVIDERS=cuda`
    really runs on CUDA (onnxruntime silently falls back to CPU when the CUDA libraries do not load: caught here);
 2. parity: every shipped artifact scores the same texts on CPU and CUDA within 1e-4 (probabilities, running scores
-   and gate means of the diagnostics graph; 5e-3 for an int8 twin);
+   and gate means of the diagnostics graph; 1e-2 for an int8 twin);
 3. the HTTP app reports and labels the provider (/v1/models, /metrics);
 4. timings on both providers (batch 1 and 32, one 20,000-character review plain and with diagnostics, and 512
    reviews at the CPU-sized and a GPU-sized call budget), for information (GPU_CHECK_BATCH_REVIEWS=N: N reviews).
@@ -28,8 +28,9 @@ from service.runtime import CALL_TOKENS, PROVIDER_ALIASES, ModelRuntime, select_
 
 TOLERANCE = 1e-4
 # An int8 twin quantizes its activations per call, and its DynamicQuantizeLSTM is a CPU-only contrib op whose result
-# already moves by ~2e-3 between one and two CPU threads: a 1e-4 bar would test thread counts, not CUDA.
-QUANTIZED_TOLERANCE = 5e-3
+# already moves between one and two CPU threads (~2e-3 for 2.3.0's twin, 5.1e-3 for 2.4.0's, whose mix weighs the
+# int8 n-gram lookups more): a 1e-4 bar would test thread counts, not CUDA.
+QUANTIZED_TOLERANCE = 1e-2
 
 
 def median_ms(fn, items) -> float:

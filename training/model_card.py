@@ -24,7 +24,7 @@ def render(manifest: dict, comparison_md: str | None = None, notes: str | None =
         f"- Embedding {m['vocab_size']} x {m['embedding_dim']} (initialised from {tr['config']['embeddings']}), "
         f"{m['num_layers']} x {'bidirectional ' if m['bidirectional'] else ''}{m['cell'].upper()} "
         f"(hidden {m['hidden_size']}), {m['pooling']} pooling over time, linear head.",
-        *_ngram_lines(m, met),
+        *_ngram_lines(m, met, tr["config"]),
         f"- Dropout {m['dropout']} (embedding channel dropout {m['embedding_dropout']}).",
         f"- Input: whole texts up to a safety cap of {manifest['max_tokens']} tokens (past it, truncation "
         f"`{manifest['truncation']['strategy']}` keeps the first {manifest['truncation']['head_tokens']} tokens and the end).",
@@ -88,20 +88,25 @@ def render(manifest: dict, comparison_md: str | None = None, notes: str | None =
     return "\n".join(parts) + "\n"
 
 
-def _ngram_lines(m: dict, met: dict) -> list[str]:
+def _fitted_on(config: dict) -> str:
+    return "validation reviews and one sentence crop of each" if config.get("mix_on_crops") else "validation"
+
+
+def _ngram_lines(m: dict, met: dict, config: dict) -> list[str]:
     if not m.get("ngram_buckets"):
         return []
     a, b, c = met.get("mix", [1.0, 0.0, 0.0])
     return [
         f"- Plus a hashed n-gram branch (orders 1-{m['ngram_order']}, {m['ngram_buckets']:,} buckets per order >= 2) "
         "whose weights are fitted by NB-weighted logistic regression (NBSVM, Wang & Manning 2012) on the training "
-        f"split; final log-odds = {a:.3f} x network + {b:.3f} x n-gram + {c:.3f}, fitted on validation."
+        f"split; final log-odds = {a:.3f} x network + {b:.3f} x n-gram + {c:.3f}, fitted on {_fitted_on(config)}."
     ]
 
 
 def _calibration_line(manifest: dict, met: dict) -> str:
     if "mix" in met:
-        return "- Calibration: the mix above is a logistic regression on validation (temperature 1)."
+        fitted_on = _fitted_on(manifest["training"]["config"])
+        return f"- Calibration: the mix above is a logistic regression on {fitted_on} (temperature 1)."
     return f"- Calibration: temperature {manifest['temperature']:.3f} fitted on validation."
 
 

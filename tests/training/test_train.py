@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -255,3 +256,26 @@ def test_cli_options_reach_the_configs():
     )
     assert (cfg.model.cell, cfg.model.bidirectional, cfg.model.hidden_size) == ("gru", False, 32)
     assert (cfg.lr, cfg.truncation, cfg.epochs, resume) == (0.5, "tail", 3, False)
+
+
+def test_make_train_recipe_parses_and_drops_final_punctuation_in_every_stage(tmp_path):
+    """The `make train` commands are the shipped model's recipe: each `sentiment-train` line must parse (a typo in a
+    flag would only surface an hour into a retrain), every training stage draws its short texts without their final
+    punctuation, and the last step refits the mix on crops."""
+    import shlex
+
+    from training.pretrain import main as pretrain_main
+
+    makefile = (Path(__file__).resolve().parents[2] / "Makefile").read_text().replace("\\\n", " ")
+    recipe = makefile.split("\ntrain: venv\n")[1].split("\n\n")[0]
+    commands = [
+        shlex.split(line.replace("$(BIN)/", "").replace("$(RUN)", str(tmp_path)).replace("$(DATA)", "d.tgz"))
+        for line in recipe.splitlines()
+    ]
+    trains = [parse_config(c[1:])[0] for c in commands if c[0] == "sentiment-train"]
+    assert [c.epochs for c in trains] == [2, 4, 6, 6]
+    assert [c.end_drop for c in trains[:3]] == [1.0, 1.0, 1.0] and trains[0].init_from == f"{tmp_path}/lm.pt"
+    assert trains[3].mix_on_crops and not any(c.mix_on_crops for c in trains[:3])
+    (pretrain,) = [c for c in commands if c[:3] == ["python", "-m", "training.pretrain"]]
+    (tmp_path / "lm.pt").write_bytes(b"")  # an existing lm.pt is kept: the arguments are parsed, nothing trained
+    assert pretrain_main(pretrain[3:]) == 0
