@@ -339,8 +339,8 @@ def mix_crops(cfg: TrainConfig, prepared: dict) -> tuple[list[np.ndarray], list[
 
 
 def fit_branch(cfg: TrainConfig, model: RecurrentClassifier, prepared: dict, out: Path) -> dict:
-    """NBSVM weights for the n-gram branch (cached in the run folder per C), then the mix on validation; accuracy
-    of each part alone."""
+    """NBSVM weights for the n-gram branch (cached in the run folder per C), then the mix on validation (reviews, plus
+    one crop of each with `mix_on_crops`); accuracy on the reviews, and of each part alone."""
     from training.ngrams import fit_nbsvm
 
     mc = model.cfg
