@@ -331,10 +331,11 @@ def predict_parts(model: RecurrentClassifier, ids, labels, batch_size: int = 256
     return torch.cat(rnn), torch.cat(ngram), torch.cat(ys)
 
 
-def mix_crops(cfg: TrainConfig, prepared: dict) -> tuple[list[np.ndarray], list[int]]:
-    """One sentence crop of each validation review with its label, for fitting the mix: drawn with another seed than
-    the crops `finish` reports ECE on, so that figure is not measured on the texts the mix was fitted to."""
-    ids, labels, _ = sentence_crops(*prepared["val"], sentence_enders(prepared["tokenizer_json"]), 1.0, cfg.seed + 1)
+def validation_crops(prepared: dict, seed: int) -> tuple[list[np.ndarray], list[int]]:
+    """One sentence crop (1-3 sentences) of each validation review of two or more sentences, with its label.
+    `finish` reports ECE on those of seed `cfg.seed`; `--mix-on-crops` fits the mix on those of `cfg.seed + 1`, so
+    that figure is not measured on the texts the mix was fitted to."""
+    ids, labels, _ = sentence_crops(*prepared["val"], sentence_enders(prepared["tokenizer_json"]), 1.0, seed)
     return ids, labels
 
 
@@ -368,7 +369,7 @@ def fit_branch(cfg: TrainConfig, model: RecurrentClassifier, prepared: dict, out
         model.ngram.weight.copy_(torch.from_numpy(weights)[:, None])
     rnn, ngram, y = predict_parts(model, *prepared["val"])
     if cfg.mix_on_crops:
-        crops = predict_parts(model, *mix_crops(cfg, prepared))
+        crops = predict_parts(model, *validation_crops(prepared, cfg.seed + 1))
         mix = fit_mix(*(torch.cat(pair) for pair in zip((rnn, ngram, y), crops)))
     else:
         mix = fit_mix(rnn, ngram, y)
@@ -396,10 +397,7 @@ def finish(cfg: TrainConfig, model, state, prepared, out: Path) -> dict:
     # With an n-gram branch the mix already calibrates; temperature is then 1.
     temperature = 1.0 if extra else fit_temperature(logits, y)
     probs_raw, probs_cal = logits.softmax(1), (logits / temperature).softmax(1)
-    crop_ids, crop_y, _ = sentence_crops(
-        prepared["val"][0], prepared["val"][1], sentence_enders(prepared["tokenizer_json"]), 1.0, cfg.seed
-    )
-    crop_logits, crop_labels = predict_logits(model, crop_ids, crop_y)
+    crop_logits, crop_labels = predict_logits(model, *validation_crops(prepared, cfg.seed))
     metrics = {
         "val_accuracy": (logits.argmax(1) == y).float().mean().item(),
         **extra,

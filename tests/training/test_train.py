@@ -160,7 +160,7 @@ def test_mix_on_crops_fits_the_mix_on_validation_reviews_and_other_crops_of_them
     crop of each, drawn with another seed than the crops whose ECE is reported; the network is unchanged."""
     import numpy as np
 
-    from training.train import fit_mix, mix_crops, predict_parts
+    from training.train import fit_mix, predict_parts, validation_crops
 
     _, argv = tiny_config_factory
     out = tmp_path / "mixcrops"
@@ -171,7 +171,7 @@ def test_mix_on_crops_fits_the_mix_on_validation_reviews_and_other_crops_of_them
     after = json.loads((out / "metrics.json").read_text())
     model, saved = load_run(out)
     cfg, prepared = saved["train_config"], torch.load(out / "prepared.pt", weights_only=False)
-    crops, labels = mix_crops(cfg, prepared)
+    crops, labels = validation_crops(prepared, cfg.seed + 1)
     val_ids, val_y = prepared["val"]
     assert len(crops) >= 2  # the fixture's validation reviews are mostly one sentence
     for crop, label in zip(crops, labels):  # each a contiguous piece of a validation review, with its label
@@ -179,7 +179,7 @@ def test_mix_on_crops_fits_the_mix_on_validation_reviews_and_other_crops_of_them
             y == label and any(r[i : i + len(crop)].tolist() == crop.tolist() for i in range(len(r) - len(crop) + 1))
             for r, y in zip(val_ids, val_y)
         )
-    reported, _, _ = train_mod.sentence_crops(
+    reported, _, _ = train_mod.sentence_crops(  # the crops `finish` reports ECE on
         val_ids, val_y, train_mod.sentence_enders(prepared["tokenizer_json"]), 1.0, cfg.seed
     )
     assert [c.tolist() for c in crops] != [c.tolist() for c in reported]
